@@ -1,0 +1,1 @@
+"""Configurations: one strict `PreTrainedConfig` per videoadapt model and patch."""

@@ -1,0 +1,14 @@
+"""videoadapt: video-LLM adaptation methods (PAVE, REEF, DynFocus, Compact) as transformers models.
+
+Importing the package registers every videoadapt config, model and processor with the transformers Auto
+classes (see `videoadapt._auto`).
+"""
+
+__version__ = "0.1.0"
+
+from videoadapt._auto import REGISTRY, ModelRow, register_all, registered_rows  # noqa: E402
+
+
+register_all(REGISTRY)
+
+__all__ = ["REGISTRY", "ModelRow", "__version__", "registered_rows"]

@@ -1,0 +1,86 @@
+"""The single registration table: every videoadapt model type and the Auto classes it is registered with.
+
+`import videoadapt` calls `register_all()` exactly once. Rows are declarative; `register` is the one place
+that talks to the transformers Auto registries. `exist_ok=True` is never used, so a clash with a built-in
+transformers model type or class name fails loudly at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import AutoConfig, AutoProcessor, PreTrainedConfig, PreTrainedModel, ProcessorMixin
+
+
+__all__ = ["AUTO_MODEL_CLASSES", "MODEL_TYPE_PREFIX", "REGISTRY", "ModelRow", "register", "register_all"]
+
+MODEL_TYPE_PREFIX = "videoadapt_"
+
+# The model Auto classes a row may name, in the order `videoadapt models` lists them.
+AUTO_MODEL_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One registered model type.
+
+    Args:
+        model_type: `config.model_type`, always prefixed `videoadapt_`.
+        config_class: the strict `PreTrainedConfig` subclass.
+        model_classes: Auto class name (one of `AUTO_MODEL_CLASSES`) -> model class registered with it.
+        processor_class: the `ProcessorMixin` registered with `AutoProcessor`, or `None`.
+    """
+
+    model_type: str
+    config_class: type[PreTrainedConfig]
+    model_classes: dict[str, type[PreTrainedModel]] = field(default_factory=dict)
+    processor_class: type[ProcessorMixin] | None = None
+
+    def validate(self) -> None:
+        if not self.model_type.startswith(MODEL_TYPE_PREFIX):
+            raise ValueError(
+                f"`model_type` must start with {MODEL_TYPE_PREFIX!r} so it never collides with a transformers "
+                f"model type, got {self.model_type!r}."
+            )
+        if self.config_class.model_type != self.model_type:
+            raise ValueError(
+                f"`{self.config_class.__name__}.model_type` is {self.config_class.model_type!r} but the row says "
+                f"{self.model_type!r}; make them equal."
+            )
+        unknown = sorted(set(self.model_classes) - set(AUTO_MODEL_CLASSES))
+        if unknown:
+            raise ValueError(f"`model_classes` names unknown Auto classes {unknown}; allowed: {AUTO_MODEL_CLASSES}.")
+        for auto_name, model_class in self.model_classes.items():
+            if model_class.config_class is not self.config_class:
+                raise ValueError(
+                    f"`{model_class.__name__}.config_class` is {model_class.config_class!r}, expected "
+                    f"{self.config_class.__name__} (row {self.model_type!r}, {auto_name})."
+                )
+
+
+# Filled by the model issues, one row per model type (PAVE, REEF, DynFocus, Compact).
+REGISTRY: tuple[ModelRow, ...] = ()
+
+_registered: list[ModelRow] = []
+
+
+def register(row: ModelRow) -> None:
+    """Register one row with `AutoConfig`, its model Auto classes and `AutoProcessor` (never `exist_ok`)."""
+    row.validate()
+    AutoConfig.register(row.model_type, row.config_class)
+    for auto_name, model_class in row.model_classes.items():
+        getattr(transformers, auto_name).register(row.config_class, model_class)
+    if row.processor_class is not None:
+        AutoProcessor.register(row.config_class, row.processor_class)
+    _registered.append(row)
+
+
+def register_all(rows: tuple[ModelRow, ...] = REGISTRY) -> None:
+    for row in rows:
+        register(row)
+
+
+def registered_rows() -> tuple[ModelRow, ...]:
+    """Every row registered in this process, in registration order."""
+    return tuple(_registered)

@@ -1,0 +1,1 @@
+"""Shared, model-agnostic layers (torch only)."""

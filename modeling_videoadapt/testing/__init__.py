@@ -1,0 +1,1 @@
+"""Test and demo helpers: tiny random checkpoints of real transformers classes, built offline."""

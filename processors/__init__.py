@@ -1,0 +1,1 @@
+"""Media I/O, frame samplers, frame preprocessing and synthetic media."""
