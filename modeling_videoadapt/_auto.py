@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import AutoConfig, AutoProcessor, PreTrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers import CONFIG_MAPPING, AutoConfig, AutoProcessor, PreTrainedConfig, PreTrainedModel, ProcessorMixin
 
 
 __all__ = ["AUTO_MODEL_CLASSES", "MODEL_TYPE_PREFIX", "REGISTRY", "ModelRow", "register", "register_all"]
@@ -68,6 +68,13 @@ _registered: list[ModelRow] = []
 def register(row: ModelRow) -> None:
     """Register one row with `AutoConfig`, its model Auto classes and `AutoProcessor` (never `exist_ok`)."""
     row.validate()
+    if row in _registered:
+        return  # the same row again (e.g. a module reload): nothing to do
+    if row.model_type in CONFIG_MAPPING:
+        raise ValueError(
+            f"model type {row.model_type!r} is already used by {CONFIG_MAPPING[row.model_type].__name__}; "
+            "pick another `videoadapt_` name (videoadapt never registers with exist_ok=True)."
+        )
     AutoConfig.register(row.model_type, row.config_class)
     for auto_name, model_class in row.model_classes.items():
         getattr(transformers, auto_name).register(row.config_class, model_class)

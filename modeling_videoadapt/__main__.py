@@ -1,0 +1,6 @@
+import sys
+
+from videoadapt.cli import main
+
+
+sys.exit(main())
