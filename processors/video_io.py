@@ -67,7 +67,9 @@ def open_media(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         return av.open(path)
     except av.error.FFmpegError as exc:
-        raise MediaError(path, f"not a media file PyAV can read ({exc.__class__.__name__}: {exc}).") from exc
+        raise MediaError(
+            path, f"not a media file PyAV can read, or truncated/corrupt ({exc.__class__.__name__}: {exc})."
+        ) from exc
 
 
 def _video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
@@ -88,8 +90,14 @@ def _build_index(path: str) -> VideoIndex:
                 key.append(packet.is_keyframe)
         except av.error.FFmpegError as exc:
             raise MediaError(path, f"corrupt or truncated video stream ({exc}).") from exc
+        declared = stream.frames  # 0 when the container does not say
         if not pts:
-            raise MediaError(path, "the video stream has zero frames.")
+            hint = f" although its header declares {declared}; the file is truncated" if declared else ""
+            raise MediaError(path, f"the video stream has zero frames{hint}.")
+        if declared and len(pts) < declared:
+            raise MediaError(
+                path, f"truncated: the header declares {declared} frames but only {len(pts)} are in the file."
+            )
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         pts_sorted = np.asarray(pts, dtype=np.int64)[order]
         keys = np.asarray(key, dtype=bool)[order]

@@ -1,0 +1,181 @@
+"""Seek-based decoding equals a full decode at the same presentation indices; samplers; bad media."""
+
+import json
+
+import av
+import numpy as np
+import pytest
+from transformers.video_utils import VideoMetadata as HFVideoMetadata
+from transformers.video_utils import default_sample_indices_fn
+from transformers.video_utils import load_video as hf_load_video
+
+from videoadapt.processors.errors import MediaError
+from videoadapt.processors.sampling import FpsSampler, TimestampSampler, UniformSampler
+from videoadapt.processors.synthetic import decode_frame_index, random_spec, write_synthetic_video
+from videoadapt.processors.video_io import load_video, probe_video
+
+
+def decode_everything(path) -> np.ndarray:
+    """Slow reference: decode every frame from the start, no seeking. [F, H, W, 3] uint8."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module", params=[(150, 25), (90, 1), (60, 1000)], ids=["gop25", "all-key", "one-key"])
+def video(request, tmp_path_factory):
+    num_frames, keyframe_interval = request.param
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    spec = random_spec(seed=3, num_frames=num_frames, num_cuts=2, with_audio=True, keyframe_interval=keyframe_interval)
+    truth = write_synthetic_video(path, spec)
+    return path, truth, decode_everything(path)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 7, 16, 32, 60])
+def test_uniform_frames_equal_full_decode_and_transformers(video, num_frames):
+    path, truth, every = video
+    frames, meta = load_video(path, num_frames=num_frames)
+    assert frames.shape == (num_frames, truth["height"], truth["width"], 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames, every[meta.frame_indices])
+    theirs, their_meta = hf_load_video(str(path), num_frames=num_frames, backend="pyav")
+    assert np.array_equal(frames, theirs)
+    expected = default_sample_indices_fn(HFVideoMetadata(total_num_frames=len(every), fps=truth["fps"]), num_frames)
+    assert meta.frame_indices.tolist() == expected.tolist()
+    assert [decode_frame_index(f) for f in frames] == meta.frame_indices.tolist()
+
+
+def test_arbitrary_index_sets_equal_full_decode(video):
+    path, _, every = video
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        indices = rng.integers(0, len(every), size=int(rng.integers(1, 20)))  # unsorted, with repeats
+        frames, meta = load_video(path, sampler=lambda index, ids=indices: ids)
+        assert meta.frame_indices.tolist() == indices.tolist()
+        assert np.array_equal(frames, every[indices])
+
+
+def test_metadata(video):
+    path, truth, every = video
+    _, meta = load_video(path, num_frames=4)
+    assert meta.total_frames == len(every) == truth["num_frames"]
+    assert meta.fps == pytest.approx(truth["fps"])
+    assert meta.duration == pytest.approx(truth["num_frames"] / truth["fps"])
+    assert (meta.width, meta.height) == (truth["width"], truth["height"])
+    np.testing.assert_allclose(meta.timestamps, meta.frame_indices / truth["fps"], atol=1e-6)
+    index = probe_video(path)
+    keyframes = np.round(index.keyframe_pts * index.time_base * truth["fps"]).astype(int)
+    assert keyframes.tolist() == list(range(0, truth["num_frames"], truth["keyframe_interval"]))
+
+
+def test_fps_and_timestamp_samplers_pick_the_frame_on_screen(video):
+    path, truth, every = video
+    fps = truth["fps"]
+    frames, meta = load_video(path, fps=2)
+    step = round(fps / 2)
+    assert meta.frame_indices.tolist() == list(range(0, truth["num_frames"], step))
+    assert np.array_equal(frames, every[meta.frame_indices])
+    times = [0.0, 1.0 / fps * 2.5, 1.0, truth["num_frames"] / fps]  # 2.5 frame lengths -> frame 2; the end -> last
+    frames, meta = load_video(path, timestamps=times)
+    assert meta.frame_indices.tolist() == [0, 2, min(round(fps), truth["num_frames"] - 1), truth["num_frames"] - 1]
+    assert np.array_equal(frames, every[meta.frame_indices])
+    _, meta = load_video(path, sampler=FpsSampler(10, max_frames=5))
+    assert len(meta.frame_indices) == 5 and meta.frame_indices[0] == 0
+
+
+def test_ground_truth_json_sits_next_to_the_video(video):
+    path, truth, _ = video
+    assert json.loads(path.with_suffix(".json").read_text()) == truth
+
+
+# --------------------------------------------------------------------------------------------- argument errors
+
+
+def test_exactly_one_sampling_option(video):
+    path = video[0]
+    with pytest.raises(ValueError, match="exactly one of `sampler`, `num_frames`, `fps`, `timestamps`"):
+        load_video(path)
+    with pytest.raises(ValueError, match="exactly one"):
+        load_video(path, num_frames=4, fps=1)
+    with pytest.raises(TypeError, match="`sampler` must be callable"):
+        load_video(path, sampler="uniform")
+    with pytest.raises(ValueError, match="`num_frames` must be an int >= 1, got 0"):
+        UniformSampler(0)
+    with pytest.raises(ValueError, match="`fps` must be a finite number > 0"):
+        FpsSampler(-1)
+    with pytest.raises(ValueError, match="`timestamps` must be a non-empty"):
+        TimestampSampler([])
+
+
+# ------------------------------------------------------------------------------------------------- bad media
+
+
+@pytest.fixture(scope="module")
+def good_mp4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "good.mp4"
+    write_synthetic_video(path, random_spec(seed=5, num_frames=60, with_audio=False))
+    return path
+
+
+def _faststart_copy(src, dst):
+    """Remux `src` with the index (moov) at the front, so a cut keeps the header but loses frame data."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+def _expect(path, reason, **kwargs):
+    with pytest.raises(MediaError, match=reason) as info:
+        load_video(path, **({"num_frames": 4} | kwargs))
+    assert info.value.path == str(path) and isinstance(info.value, ValueError)
+
+
+def test_missing_file(tmp_path):
+    _expect(tmp_path / "nope.mp4", "no such file")
+
+
+def test_non_media_file(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is a text file, not a video\n" * 50)
+    _expect(fake, "not a media file")
+
+
+def test_truncated_file_index_at_end(good_mp4, tmp_path):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good_mp4.read_bytes()[: good_mp4.stat().st_size // 2])
+    _expect(cut, "truncated/corrupt")
+
+
+def test_truncated_file_index_at_front(good_mp4, tmp_path):
+    fast = _faststart_copy(good_mp4, tmp_path / "fast.mp4")
+    assert load_video(fast, num_frames=4)[0].shape[0] == 4  # the remux itself is fine
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(fast.read_bytes()[: fast.stat().st_size * 2 // 3])
+    _expect(cut, "truncated: the header declares 60 frames")
+
+
+def test_zero_frames(good_mp4, tmp_path):
+    fast = _faststart_copy(good_mp4, tmp_path / "fast.mp4")
+    data = fast.read_bytes()
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(data[: data.index(b"mdat") + 4])  # header only, no frame data
+    _expect(empty, "zero frames")
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path):
+    from videoadapt.processors.synthetic_audio import ToneSpec, write_tone_audio
+
+    wav = tmp_path / "tone.wav"
+    write_tone_audio(wav, [ToneSpec(440.0, 0.0, 1.0)], duration=1.0, sample_rate=16000)
+    _expect(wav, "has no video stream")
+
+
+def test_timestamps_outside_the_video(good_mp4):
+    _expect(good_mp4, r"outside the video \[0, 2.000\] s", num_frames=None, timestamps=[0.5, 2.5])
+    _expect(good_mp4, r"\[-0.1\] s lie outside", num_frames=None, timestamps=[-0.1])
+
+
+def test_more_uniform_frames_than_the_video_has(good_mp4):
+    _expect(good_mp4, "asked for 61 uniform frames but the video has only 60", num_frames=61)
