@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test lint install clean
+.PHONY: test lint install demo clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,8 @@ lint: install
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+demo: install
+	$(PY) -m videoadapt.recipes.demo --out demo_out
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo_out

@@ -1,1 +1,25 @@
-"""Media I/O, frame samplers, frame preprocessing and synthetic media."""
+"""Media I/O, frame samplers, frame preprocessing and synthetic media (no torchvision)."""
+
+from videoadapt.processors.audio import AudioMetadata, clip_audio, clip_start_times, load_audio
+from videoadapt.processors.errors import MediaError
+from videoadapt.processors.image_processing import FramePreprocessor
+from videoadapt.processors.sampling import FpsSampler, FrameSampler, TimestampSampler, UniformSampler, VideoIndex
+from videoadapt.processors.video_io import VideoMetadata, load_video, probe_video
+
+
+__all__ = [
+    "AudioMetadata",
+    "FpsSampler",
+    "FramePreprocessor",
+    "FrameSampler",
+    "MediaError",
+    "TimestampSampler",
+    "UniformSampler",
+    "VideoIndex",
+    "VideoMetadata",
+    "clip_audio",
+    "clip_start_times",
+    "load_audio",
+    "load_video",
+    "probe_video",
+]
