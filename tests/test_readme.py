@@ -17,7 +17,9 @@ def test_readme_usage_example_runs(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
     printed = out.getvalue().splitlines()
-    promised = [line.split("# ", 1)[1].split(":")[0].strip() for line in code.splitlines() if line.startswith("print(")]
+    promised = [
+        line.split("# ", 1)[1].split(":")[0].strip() for line in code.splitlines() if line.startswith("print(")
+    ]
     assert printed == promised
 
 
