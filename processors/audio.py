@@ -25,6 +25,7 @@ import av
 import numpy as np
 
 from videoadapt.processors.errors import MediaError
+from videoadapt.processors.video_io import open_media
 
 
 __all__ = ["AudioMetadata", "clip_audio", "clip_start_times", "load_audio"]
@@ -97,13 +98,7 @@ def load_audio(
         raise ValueError(f"`sample_rate` must be > 0, got {sample_rate}.")
     if (start is not None and start < 0) or (end is not None and end <= (start or 0)):
         raise ValueError(f"need 0 <= `start` < `end`, got start={start}, end={end}.")
-    if not os.path.isfile(path):
-        raise MediaError(path, "the file does not exist")
-    try:
-        container = av.open(path)
-    except av.FFmpegError as error:
-        raise MediaError(path, f"not a readable media file ({error})") from error
-    with container:
+    with open_media(path) as container:
         if not container.streams.audio:
             raise MediaError(path, _NO_AUDIO)
         stream = container.streams.audio[0]

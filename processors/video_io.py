@@ -137,8 +137,8 @@ def probe_video(path: str | os.PathLike) -> VideoIndex:
 
 
 def _make_sampler(sampler, num_frames, fps, timestamps) -> FrameSampler:
-    given = {k: v for k, v in dict(sampler=sampler, num_frames=num_frames, fps=fps, timestamps=timestamps).items()}
-    chosen = [k for k, v in given.items() if v is not None]
+    given = dict(sampler=sampler, num_frames=num_frames, fps=fps, timestamps=timestamps)
+    chosen = [name for name, value in given.items() if value is not None]
     if len(chosen) != 1:
         raise ValueError(
             f"pass exactly one of `sampler`, `num_frames`, `fps`, `timestamps`; got {chosen or 'none'}. "
