@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import transformers
 from transformers import CONFIG_MAPPING, AutoConfig, AutoProcessor, PreTrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 
 __all__ = ["AUTO_MODEL_CLASSES", "MODEL_TYPE_PREFIX", "REGISTRY", "ModelRow", "register", "register_all"]
@@ -30,12 +31,15 @@ class ModelRow:
         config_class: the strict `PreTrainedConfig` subclass.
         model_classes: Auto class name (one of `AUTO_MODEL_CLASSES`) -> model class registered with it.
         processor_class: the `ProcessorMixin` registered with `AutoProcessor`, or `None`.
+        weights_like: a transformers model type whose checkpoint conversions (legacy key layouts) also apply to
+            this type, because its models keep that family's weight names; `None` for none.
     """
 
     model_type: str
     config_class: type[PreTrainedConfig]
     model_classes: dict[str, type[PreTrainedModel]] = field(default_factory=dict)
     processor_class: type[ProcessorMixin] | None = None
+    weights_like: str | None = None
 
     def validate(self) -> None:
         if not self.model_type.startswith(MODEL_TYPE_PREFIX):
@@ -59,8 +63,46 @@ class ModelRow:
                 )
 
 
-# Filled by the model issues, one row per model type (PAVE, REEF, DynFocus, Compact).
-REGISTRY: tuple[ModelRow, ...] = ()
+def _rows() -> tuple[ModelRow, ...]:
+    from videoadapt.configuration.configuration_pave import PaveConfig, PaveLlavaNextVideoConfig, PaveVideoLlavaConfig
+    from videoadapt.modeling_pave import (
+        PaveForConditionalGeneration,
+        PaveLlavaNextVideoForConditionalGeneration,
+        PaveLlavaNextVideoModel,
+        PaveModel,
+        PaveVideoLlavaForConditionalGeneration,
+        PaveVideoLlavaModel,
+    )
+
+    def vlm(model_type, config, headless, generative, base):
+        classes = {
+            "AutoModel": headless,
+            "AutoModelForImageTextToText": generative,
+            "AutoModelForMultimodalLM": generative,
+        }
+        return ModelRow(model_type, config, classes, weights_like=base)
+
+    return (
+        vlm("videoadapt_pave", PaveConfig, PaveModel, PaveForConditionalGeneration, "llava_onevision"),
+        vlm(
+            "videoadapt_pave_llava_next_video",
+            PaveLlavaNextVideoConfig,
+            PaveLlavaNextVideoModel,
+            PaveLlavaNextVideoForConditionalGeneration,
+            "llava_next_video",
+        ),
+        vlm(
+            "videoadapt_pave_video_llava",
+            PaveVideoLlavaConfig,
+            PaveVideoLlavaModel,
+            PaveVideoLlavaForConditionalGeneration,
+            "video_llava",
+        ),
+    )
+
+
+# One row per model type (PAVE on three base families; REEF, DynFocus, Compact follow).
+REGISTRY: tuple[ModelRow, ...] = _rows()
 
 _registered: list[ModelRow] = []
 
@@ -80,7 +122,23 @@ def register(row: ModelRow) -> None:
         getattr(transformers, auto_name).register(row.config_class, model_class)
     if row.processor_class is not None:
         AutoProcessor.register(row.config_class, row.processor_class)
+    _register_weight_conversions(row)
     _registered.append(row)
+
+
+def _register_weight_conversions(row: ModelRow) -> None:
+    """Legacy checkpoint layouts of the base family load into our subclasses too (by model type and class name)."""
+    conversions = get_checkpoint_conversion_mapping(row.weights_like) if row.weights_like else None
+    if conversions:
+        register_checkpoint_conversion_mapping(row.model_type, conversions)
+    for model_class in dict.fromkeys(row.model_classes.values()):
+        for base in model_class.__mro__[1:]:
+            inherited = base.__module__.startswith("transformers.") and get_checkpoint_conversion_mapping(
+                base.__name__
+            )
+            if inherited:
+                register_checkpoint_conversion_mapping(model_class.__name__, inherited)
+                break
 
 
 def register_all(rows: tuple[ModelRow, ...] = REGISTRY) -> None:

@@ -1,0 +1,357 @@
+"""PAVE patch management: add, load, save, enable and delete named patches on a PAVE model.
+
+A patch folder (the shareable unit) holds only the patch:
+
+    patch_config.json            PavePatchConfig: side channel, sizes, flags, the base it was trained on
+    patch.safetensors            fusion weights (keys relative to the patch module)
+    adapter_config.json          the PEFT LoRA on the LLM
+    adapter_model.safetensors    its weights, in PEFT's key format (`base_model.model.` prefix, no adapter name)
+    README.md                    model card
+
+Several patches can be enabled together: their residuals add up, and their LoRA adapters are active together
+(peft sums them). The UX follows diffusers' `load_lora_weights` / `set_adapters`.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import snapshot_download
+from peft import LoraConfig
+from peft.utils import set_peft_model_state_dict
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers.utils import logging
+
+from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchConfig
+
+
+__all__ = ["LORA_TARGET_MODULES", "PATCH_WEIGHTS_NAME", "PavePatchesMixin", "default_lora_config"]
+
+logger = logging.get_logger(__name__)
+
+PATCH_WEIGHTS_NAME = "patch.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+PATCHES_SUBFOLDER = "patches"
+# All seven projections of every LLM decoder layer; the vision tower and projector never get LoRA.
+LORA_TARGET_MODULES = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+def default_lora_config(r: int = 64, alpha: int = 16, dropout: float = 0.05) -> LoraConfig:
+    """The paper's LoRA: r=64, alpha=16, dropout 0.05 on q/k/v/o/gate/up/down of every LLM layer."""
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES, bias="none")
+
+
+def _resolve_folder(path_or_repo: str | os.PathLike, revision: str | None, subfolder: str | None = None) -> Path:
+    """A local folder, or a Hub repository downloaded (only the patch files) at `revision`."""
+    local = Path(path_or_repo) / (subfolder or "")
+    if local.is_dir():
+        return local
+    if Path(path_or_repo).exists():
+        raise ValueError(f"{local} is not a folder; a patch is a folder holding `{PATCH_CONFIG_NAME}`.")
+    pattern = f"{subfolder}/*" if subfolder else "*"
+    root = snapshot_download(str(path_or_repo), revision=revision, allow_patterns=[pattern])
+    return Path(root) / (subfolder or "")
+
+
+def _atomic_folder_write(directory: Path, write) -> None:
+    """Write every file into a temporary sibling folder, then move each into `directory` with os.replace."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-patch-") as tmp:
+        write(Path(tmp))
+        for item in sorted(Path(tmp).iterdir()):
+            os.replace(item, directory / item.name)
+
+
+class PavePatchesMixin:
+    """Patch management for the `Pave*ForConditionalGeneration` classes (the headless model holds the patches)."""
+
+    patch_class: type[torch.nn.Module]  # `PavePatch`, set by the model classes
+
+    # ------------------------------------------------------------------------------------------------ queries
+
+    @property
+    def patch_names(self) -> list[str]:
+        """Every loaded patch, enabled or not, in load order."""
+        return list(self.model.patches)
+
+    @property
+    def active_patches(self) -> list[str]:
+        return list(self.model.active_patches)
+
+    @property
+    def base_model_type(self) -> str:
+        """The transformers family this model patches (e.g. `llava_onevision`)."""
+        return self.base_class.config_class.model_type
+
+    def patch_config_for(self, side_channel: str, side_channel_dim: int, **kwargs: Any) -> PavePatchConfig:
+        """A `PavePatchConfig` sized for this model: query/output dims and the base's identity filled in."""
+        official = kwargs.pop("official", False)
+        query_source = kwargs.get("query_source", "vision" if official else "projected")
+        text_hidden = self.config.text_config.hidden_size
+        query_dim = self.config.vision_config.hidden_size if query_source == "vision" else text_hidden
+        fields = dict(
+            side_channel=side_channel,
+            side_channel_dim=side_channel_dim,
+            query_dim=query_dim,
+            output_dim=text_hidden,
+            base_model_type=self.base_model_type,
+            base_model_name_or_path=self.config._name_or_path or None,
+            base_hidden_size=text_hidden,
+        )
+        fields.update(kwargs)
+        return PavePatchConfig.official(**fields) if official else PavePatchConfig(**fields)
+
+    # ----------------------------------------------------------------------------------------- adding patches
+
+    def check_patch_compatible(self, config: PavePatchConfig, source: str = "the patch") -> None:
+        """Refuse a patch trained on another family or hidden size (before any weight is touched)."""
+        text_hidden = self.config.text_config.hidden_size
+        if config.base_model_type is not None and config.base_model_type != self.base_model_type:
+            raise ValueError(
+                f"{source} was made for a `{config.base_model_type}` base, but this model patches "
+                f"`{self.base_model_type}`; load it onto a {config.base_model_type} model."
+            )
+        hidden = config.base_hidden_size if config.base_hidden_size is not None else config.output_dim
+        if hidden != text_hidden or config.output_dim != text_hidden:
+            raise ValueError(
+                f"{source} needs an LLM hidden size of {hidden} (output_dim {config.output_dim}), but this model's "
+                f"is {text_hidden}; load it onto the base it was trained on ({config.base_model_name_or_path})."
+            )
+        expected_query = self.config.vision_config.hidden_size if config.query_source == "vision" else text_hidden
+        if config.query_dim != expected_query:
+            raise ValueError(
+                f"{source} expects {config.query_source} queries of {config.query_dim} channels, this model gives "
+                f"{expected_query}."
+            )
+
+    def add_patch(
+        self, name: str, config: PavePatchConfig, lora_config: LoraConfig | None = None, *, lora: bool = True
+    ):
+        """Create a new (identity) patch `name` with its LoRA adapter, and enable it beside the enabled ones."""
+        self._check_new_name(name)
+        self.check_patch_compatible(config, f"patch {name!r}")
+        parameter = next(self.parameters())
+        patch = self.patch_class(config, attn_implementation=self.config._attn_implementation or "sdpa")
+        self.model.patches[name] = patch.to(device=parameter.device, dtype=parameter.dtype)
+        if lora:
+            self.add_adapter(lora_config or default_lora_config(), adapter_name=name)
+        self.set_patches([*self.active_patches, name])
+        return patch
+
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"patch `name` must match {_NAME.pattern} (a module-safe name), got {name!r}.")
+        if name in self.model.patches:
+            raise ValueError(
+                f"a patch named {name!r} is already loaded; `delete_patch({name!r})` first or pick another."
+            )
+
+    def _lora_names(self) -> set[str]:
+        return set(getattr(self, "peft_config", {}) or {}) if getattr(self, "_hf_peft_config_loaded", False) else set()
+
+    # --------------------------------------------------------------------------------------- enable / delete
+
+    def set_patches(self, names: str | list[str]) -> None:
+        """Enable exactly these patches (their residuals add up; their LoRA adapters are active together)."""
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.model.patches]
+        if unknown:
+            raise ValueError(f"unknown patches {unknown}; loaded: {self.patch_names}.")
+        self.model.active_patches = list(dict.fromkeys(names))
+        with_lora = [n for n in self.model.active_patches if n in self._lora_names()]
+        if with_lora:
+            self.enable_adapters()
+            self.set_adapter(with_lora)
+        elif self._lora_names():
+            self.disable_adapters()
+
+    def disable_patches(self) -> None:
+        """The plain base model again (patches stay loaded)."""
+        self.set_patches([])
+
+    def delete_patch(self, name: str) -> None:
+        if name not in self.model.patches:
+            raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
+        self.set_patches([n for n in self.active_patches if n != name])
+        del self.model.patches[name]
+        if name in self._lora_names():
+            self.delete_adapter(name)
+
+    def patch_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The fusion and LoRA parameters that belong to patch `name`."""
+        lora = [p for n, p in self.named_parameters() if f".{name}." in n and ".lora_" in n]
+        return [*self.model.patches[name].parameters(), *lora]
+
+    def train_patch(self, name: str) -> None:
+        """Freeze everything but patch `name` (fusion + its LoRA); earlier patches stay frozen (stage-wise)."""
+        if name not in self.model.patches:
+            raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
+        self.requires_grad_(False)
+        for parameter in self.patch_parameters(name):
+            parameter.requires_grad_(True)
+
+    # ------------------------------------------------------------------------------------------- save / load
+
+    def save_patch(self, name: str, directory: str | os.PathLike, model_card: str | None = None) -> Path:
+        """Write patch `name` alone into `directory` (atomically, file by file); returns the folder."""
+        if name not in self.model.patches:
+            raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
+        patch = self.model.patches[name]
+        weights = {k: v.detach().contiguous().cpu() for k, v in patch.state_dict().items()}
+        lora = None
+        if name in self._lora_names():
+            lora = {
+                f"base_model.model.{k}": v.contiguous().cpu() for k, v in self.get_adapter_state_dict(name).items()
+            }
+
+        def write(tmp: Path) -> None:
+            patch.config.save(tmp)
+            save_file(weights, tmp / PATCH_WEIGHTS_NAME, metadata={"format": "pt"})
+            if lora is not None:
+                self.peft_config[name].save_pretrained(tmp)
+                save_file(lora, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+            (tmp / "README.md").write_text(model_card or _patch_card(name, patch.config, weights, lora))
+
+        directory = Path(directory)
+        _atomic_folder_write(directory, write)
+        return directory
+
+    def load_patch(
+        self,
+        path_or_repo: str | os.PathLike,
+        name: str | None = None,
+        *,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        enable: bool = True,
+        is_trainable: bool = False,
+    ):
+        """Load a patch folder (local or a Hub repo at `revision`) as patch `name` and enable it beside the others.
+
+        The patch config is checked against this model before any weight is read; a corrupt or mismatched
+        `patch.safetensors` raises `ValueError` and leaves the model unchanged.
+        """
+        folder = _resolve_folder(path_or_repo, revision, subfolder)
+        name = name or folder.name
+        self._check_new_name(name)
+        config = PavePatchConfig.load(folder)
+        self.check_patch_compatible(config, f"the patch at {folder}")
+        patch = self.patch_class(config, attn_implementation=self.config._attn_implementation or "sdpa")
+        weights = _read_weights(folder / PATCH_WEIGHTS_NAME)
+        expected = patch.state_dict()
+        missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{folder / PATCH_WEIGHTS_NAME} does not match its {PATCH_CONFIG_NAME}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}; the patch folder is corrupt or mixed."
+            )
+        patch.load_state_dict(weights)
+        if (folder / ADAPTER_CONFIG_NAME).is_file():
+            self._load_lora(folder, name)
+        parameter = next(self.parameters())
+        self.model.patches[name] = patch.to(device=parameter.device, dtype=parameter.dtype)
+        for parameter in self.patch_parameters(name):
+            parameter.requires_grad_(is_trainable)
+        self.set_patches([*self.active_patches, name] if enable else self.active_patches)
+        return patch
+
+    def _load_lora(self, folder: Path, name: str) -> None:
+        """Add LoRA adapter `name` from a patch folder; every saved tensor must land (else nothing is kept)."""
+        try:
+            lora_config = LoraConfig.from_pretrained(str(folder))
+        except (ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"{folder / ADAPTER_CONFIG_NAME} is not a valid LoRA config ({exc}).") from exc
+        state = {
+            k.removeprefix("base_model.model."): v for k, v in _read_weights(folder / ADAPTER_WEIGHTS_NAME).items()
+        }
+        self.add_adapter(lora_config, adapter_name=name)
+        result = set_peft_model_state_dict(self, state, adapter_name=name)
+        expected = {k for k in self.state_dict() if ".lora_" in k and f".{name}." in k}
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected or len(state) != len(expected):
+            self.delete_adapter(name)
+            raise ValueError(
+                f"{folder / ADAPTER_WEIGHTS_NAME} does not match its LoRA config on this model: {len(state)} tensors "
+                f"for {len(expected)} LoRA weights, unexpected {unexpected[:5]}; the patch is for another base."
+            )
+
+    # ---------------------------------------------------------------------------- whole model with its patches
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save the base weights (LoRA unmerged, patches excluded) plus every patch under `patches/<name>/`."""
+        save_directory = Path(save_directory)
+        self.config.pave_patches = {name: patch.config.to_dict() for name, patch in self.model.patches.items()}
+        self.config.active_patches = self.active_patches
+        state_dict = kwargs.pop("state_dict", None) or self.state_dict()
+        base = {
+            k.replace(".base_layer.", "."): v
+            for k, v in state_dict.items()
+            if not k.startswith("model.patches.") and ".lora_" not in k
+        }
+        peft_loaded = getattr(self, "_hf_peft_config_loaded", False)
+        self._hf_peft_config_loaded = False  # transformers would otherwise save the LoRA adapters only
+        try:
+            super().save_pretrained(save_directory, state_dict=base, **kwargs)
+        finally:
+            self._hf_peft_config_loaded = peft_loaded
+        patches_root = save_directory / PATCHES_SUBFOLDER
+        if patches_root.exists():
+            shutil.rmtree(patches_root)
+        for name in self.patch_names:
+            self.save_patch(name, patches_root / name)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
+        """Load the base weights, then every patch the config lists from `patches/<name>/`, and enable as saved."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        saved = getattr(model.config, "pave_patches", None) or {}
+        for name in saved:
+            model.load_patch(
+                pretrained_model_name_or_path,
+                name=name,
+                revision=kwargs.get("revision"),
+                subfolder=f"{PATCHES_SUBFOLDER}/{name}",
+                enable=False,
+            )
+        model.set_patches(getattr(model.config, "active_patches", None) or [])
+        return model
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ValueError(f"{path} not found: a patch folder holds `{PATCH_WEIGHTS_NAME}`.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); the patch folder is corrupt.") from exc
+
+
+def _patch_card(name: str, config: PavePatchConfig, weights: dict, lora: dict | None) -> str:
+    fusion = sum(v.numel() for v in weights.values())
+    lora_params = sum(v.numel() for v in lora.values()) if lora else 0
+    base = config.base_model_name_or_path or config.base_model_type or "unknown"
+    return (
+        "---\n"
+        "library_name: videoadapt\n"
+        "tags:\n- videoadapt\n- pave\n"
+        f"- {config.side_channel}\n"
+        f"base_model: {base}\n" * bool(config.base_model_name_or_path) + "---\n\n"
+        f"# PAVE patch `{name}`\n\n"
+        f"A PAVE patch that fuses a `{config.side_channel}` side channel ({config.side_channel_dim}-d features, "
+        f"{config.side_channel_grid[0]}x{config.side_channel_grid[1]} tokens per step) into `{base}` "
+        f"({config.base_model_type}, hidden size {config.output_dim}).\n\n"
+        f"- fusion parameters: {fusion:,}; LoRA parameters: {lora_params:,}\n"
+        f"- cross-attention: {config.num_layers} layers, {config.hidden_size} wide, {config.num_attention_heads} heads, "
+        f"RoPE `{config.rope}`, queries `{config.query_source}`\n\n"
+        "```python\nimport videoadapt\nfrom transformers import AutoModelForImageTextToText\n\n"
+        f'model = AutoModelForImageTextToText.from_pretrained("{base}")\n'
+        f'model.load_patch("<this folder or repo>", name="{name}")\n```\n'
+    )
