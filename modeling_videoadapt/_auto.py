@@ -131,14 +131,16 @@ def _register_weight_conversions(row: ModelRow) -> None:
     conversions = get_checkpoint_conversion_mapping(row.weights_like) if row.weights_like else None
     if conversions:
         register_checkpoint_conversion_mapping(row.model_type, conversions)
+    # By class name too: a base checkpoint's own config keeps the base model type, which transformers does not map
+    # for classes defined outside it. The headless classes inherit their base's class mapping.
     for model_class in dict.fromkeys(row.model_classes.values()):
+        inherited = conversions
         for base in model_class.__mro__[1:]:
-            inherited = base.__module__.startswith("transformers.") and get_checkpoint_conversion_mapping(
-                base.__name__
-            )
-            if inherited:
-                register_checkpoint_conversion_mapping(model_class.__name__, inherited)
+            if base.__module__.startswith("transformers.") and get_checkpoint_conversion_mapping(base.__name__):
+                inherited = get_checkpoint_conversion_mapping(base.__name__)
                 break
+        if inherited:
+            register_checkpoint_conversion_mapping(model_class.__name__, inherited)
 
 
 def register_all(rows: tuple[ModelRow, ...] = REGISTRY) -> None:

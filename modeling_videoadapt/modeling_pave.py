@@ -278,14 +278,15 @@ class _VideoLlavaLayout(_Layout):
 # --------------------------------------------------------------------------------------------- the models
 
 
-class PaveModelMixin:
+class PaveModelMixin(PavePatchesMixin):
     """Headless-model side of PAVE: holds the patches and adds their residuals to the video features."""
 
     layout: ClassVar[_Layout]
+    patch_class = PavePatch
 
     def _init_patches(self) -> None:
         self.patches = nn.ModuleDict()
-        self.active_patches: list[str] = []
+        self.enabled_patches: list[str] = []
 
     def get_video_features(
         self,
@@ -303,14 +304,14 @@ class PaveModelMixin:
         if vision_feature_select_strategy is not None:
             kwargs["vision_feature_select_strategy"] = vision_feature_select_strategy
         out = super().get_video_features(pixel_values_videos, vision_feature_layer=vision_feature_layer, **kwargs)
-        if not self.active_patches:
+        if not self.enabled_patches:
             return out
         batch, frames = pixel_values_videos.shape[:2]
         tokens, extra = self.layout.split(out.pooler_output, batch, frames)
         grid = self.layout.grid(self.config)
         vision_queries = None
         residual = torch.zeros_like(tokens)
-        for name in self.active_patches:
+        for name in self.enabled_patches:
             patch = self.patches[name]
             side = _side_input(side_channels, name, batch, patch.config)
             if patch.config.query_source == "vision" and vision_queries is None:
@@ -334,7 +335,7 @@ class PaveModelMixin:
 
     def forward(self, *args, side_channels: dict | None = None, **kwargs):
         pixel_values_videos = kwargs.get("pixel_values_videos")
-        if self.active_patches and pixel_values_videos is not None:
+        if self.enabled_patches and pixel_values_videos is not None:
             kwargs["pixel_values_videos"] = None
             video = self.get_video_features(
                 pixel_values_videos,

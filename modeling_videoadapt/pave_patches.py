@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,35 @@ class PavePatchesMixin:
 
     patch_class: type[torch.nn.Module]  # `PavePatch`, set by the model classes
 
+    @property
+    def _patch_host(self) -> torch.nn.Module:
+        """The headless model, which holds `patches` and `enabled_patches` (self, or `self.model`)."""
+        return self if hasattr(self, "enabled_patches") else self.model
+
+    @property
+    def _lora_key_prefix(self) -> str:
+        """LoRA keys on disk are relative to the ForConditionalGeneration model; a headless model lacks `model.`."""
+        return "" if self._patch_host is not self else "model."
+
     # ------------------------------------------------------------------------------------------------ queries
 
     @property
     def patch_names(self) -> list[str]:
         """Every loaded patch, enabled or not, in load order."""
-        return list(self.model.patches)
+        return list(self._patch_host.patches)
 
     @property
     def active_patches(self) -> list[str]:
-        return list(self.model.active_patches)
+        return list(self._patch_host.enabled_patches)
 
     @property
     def base_model_type(self) -> str:
         """The transformers family this model patches (e.g. `llava_onevision`)."""
-        return self.base_class.config_class.model_type
+        return next(
+            klass.model_type
+            for klass in type(self.config).__mro__[1:]
+            if klass.__module__.startswith("transformers.") and getattr(klass, "model_type", "")
+        )
 
     def patch_config_for(self, side_channel: str, side_channel_dim: int, **kwargs: Any) -> PavePatchConfig:
         """A `PavePatchConfig` sized for this model: query/output dims and the base's identity filled in."""
@@ -139,19 +154,25 @@ class PavePatchesMixin:
         self.check_patch_compatible(config, f"patch {name!r}")
         parameter = next(self.parameters())
         patch = self.patch_class(config, attn_implementation=self.config._attn_implementation or "sdpa")
-        self.model.patches[name] = patch.to(device=parameter.device, dtype=parameter.dtype)
+        self._patch_host.patches[name] = patch.to(device=parameter.device, dtype=parameter.dtype)
         if lora:
-            self.add_adapter(lora_config or default_lora_config(), adapter_name=name)
+            self._add_lora(lora_config or default_lora_config(), name)
+        self.train(self.training)  # new modules (LoRA dropout) follow the model's train/eval mode
         self.set_patches([*self.active_patches, name])
         return patch
 
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"patch `name` must match {_NAME.pattern} (a module-safe name), got {name!r}.")
-        if name in self.model.patches:
+        if name in self._patch_host.patches:
             raise ValueError(
                 f"a patch named {name!r} is already loaded; `delete_patch({name!r})` first or pick another."
             )
+
+    def _add_lora(self, lora_config: LoraConfig, name: str) -> None:
+        with warnings.catch_warnings():  # one LoRA adapter per patch is the design, not an accident
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            self.add_adapter(lora_config, adapter_name=name)
 
     def _lora_names(self) -> set[str]:
         return set(getattr(self, "peft_config", {}) or {}) if getattr(self, "_hf_peft_config_loaded", False) else set()
@@ -161,11 +182,11 @@ class PavePatchesMixin:
     def set_patches(self, names: str | list[str]) -> None:
         """Enable exactly these patches (their residuals add up; their LoRA adapters are active together)."""
         names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in names if n not in self.model.patches]
+        unknown = [n for n in names if n not in self._patch_host.patches]
         if unknown:
             raise ValueError(f"unknown patches {unknown}; loaded: {self.patch_names}.")
-        self.model.active_patches = list(dict.fromkeys(names))
-        with_lora = [n for n in self.model.active_patches if n in self._lora_names()]
+        self._patch_host.enabled_patches = list(dict.fromkeys(names))
+        with_lora = [n for n in self._patch_host.enabled_patches if n in self._lora_names()]
         if with_lora:
             self.enable_adapters()
             self.set_adapter(with_lora)
@@ -177,21 +198,21 @@ class PavePatchesMixin:
         self.set_patches([])
 
     def delete_patch(self, name: str) -> None:
-        if name not in self.model.patches:
+        if name not in self._patch_host.patches:
             raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
         self.set_patches([n for n in self.active_patches if n != name])
-        del self.model.patches[name]
+        del self._patch_host.patches[name]
         if name in self._lora_names():
             self.delete_adapter(name)
 
     def patch_parameters(self, name: str) -> list[torch.nn.Parameter]:
         """The fusion and LoRA parameters that belong to patch `name`."""
         lora = [p for n, p in self.named_parameters() if f".{name}." in n and ".lora_" in n]
-        return [*self.model.patches[name].parameters(), *lora]
+        return [*self._patch_host.patches[name].parameters(), *lora]
 
     def train_patch(self, name: str) -> None:
         """Freeze everything but patch `name` (fusion + its LoRA); earlier patches stay frozen (stage-wise)."""
-        if name not in self.model.patches:
+        if name not in self._patch_host.patches:
             raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
         self.requires_grad_(False)
         for parameter in self.patch_parameters(name):
@@ -201,14 +222,15 @@ class PavePatchesMixin:
 
     def save_patch(self, name: str, directory: str | os.PathLike, model_card: str | None = None) -> Path:
         """Write patch `name` alone into `directory` (atomically, file by file); returns the folder."""
-        if name not in self.model.patches:
+        if name not in self._patch_host.patches:
             raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
-        patch = self.model.patches[name]
+        patch = self._patch_host.patches[name]
         weights = {k: v.detach().contiguous().cpu() for k, v in patch.state_dict().items()}
         lora = None
         if name in self._lora_names():
             lora = {
-                f"base_model.model.{k}": v.contiguous().cpu() for k, v in self.get_adapter_state_dict(name).items()
+                f"base_model.model.{self._lora_key_prefix}{k}": v.contiguous().cpu()
+                for k, v in self.get_adapter_state_dict(name).items()
             }
 
         def write(tmp: Path) -> None:
@@ -257,9 +279,10 @@ class PavePatchesMixin:
         if (folder / ADAPTER_CONFIG_NAME).is_file():
             self._load_lora(folder, name)
         parameter = next(self.parameters())
-        self.model.patches[name] = patch.to(device=parameter.device, dtype=parameter.dtype)
+        self._patch_host.patches[name] = patch.to(device=parameter.device, dtype=parameter.dtype)
         for parameter in self.patch_parameters(name):
             parameter.requires_grad_(is_trainable)
+        self.train(self.training)  # new modules (LoRA dropout) follow the model's train/eval mode
         self.set_patches([*self.active_patches, name] if enable else self.active_patches)
         return patch
 
@@ -270,9 +293,10 @@ class PavePatchesMixin:
         except (ValueError, TypeError, OSError) as exc:
             raise ValueError(f"{folder / ADAPTER_CONFIG_NAME} is not a valid LoRA config ({exc}).") from exc
         state = {
-            k.removeprefix("base_model.model."): v for k, v in _read_weights(folder / ADAPTER_WEIGHTS_NAME).items()
+            k.removeprefix(f"base_model.model.{self._lora_key_prefix}"): v
+            for k, v in _read_weights(folder / ADAPTER_WEIGHTS_NAME).items()
         }
-        self.add_adapter(lora_config, adapter_name=name)
+        self._add_lora(lora_config, name)
         result = set_peft_model_state_dict(self, state, adapter_name=name)
         expected = {k for k in self.state_dict() if ".lora_" in k and f".{name}." in k}
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
@@ -288,13 +312,13 @@ class PavePatchesMixin:
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save the base weights (LoRA unmerged, patches excluded) plus every patch under `patches/<name>/`."""
         save_directory = Path(save_directory)
-        self.config.pave_patches = {name: patch.config.to_dict() for name, patch in self.model.patches.items()}
+        self.config.pave_patches = {name: patch.config.to_dict() for name, patch in self._patch_host.patches.items()}
         self.config.active_patches = self.active_patches
         state_dict = kwargs.pop("state_dict", None) or self.state_dict()
         base = {
             k.replace(".base_layer.", "."): v
             for k, v in state_dict.items()
-            if not k.startswith("model.patches.") and ".lora_" not in k
+            if not k.startswith(("patches.", "model.patches.")) and ".lora_" not in k
         }
         peft_loaded = getattr(self, "_hf_peft_config_loaded", False)
         self._hf_peft_config_loaded = False  # transformers would otherwise save the LoRA adapters only
@@ -311,7 +335,8 @@ class PavePatchesMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
         """Load the base weights, then every patch the config lists from `patches/<name>/`, and enable as saved."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) with output_loading_info
         saved = getattr(model.config, "pave_patches", None) or {}
         for name in saved:
             model.load_patch(
@@ -322,7 +347,7 @@ class PavePatchesMixin:
                 enable=False,
             )
         model.set_patches(getattr(model.config, "active_patches", None) or [])
-        return model
+        return loaded
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
