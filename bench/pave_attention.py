@@ -15,11 +15,11 @@ output projection, hidden 512, 4 heads, no RoPE) on the same inputs:
 Cases: "3d" (queries 32 frames x 196 tokens, keys 32 x 576 LLaVA-3D tokens, all samples 32 steps) and "audio"
 (queries 32 x 196, keys up to 120 x 1 ImageBind clips, lengths 120, 111, ..., 57 in one batch).
 
-Time: best of `--repeats` forward passes under no_grad, after one warm-up, alternating ours and loop. Peak memory: on CUDA, the rise of
-`torch.cuda.max_memory_allocated` over the allocated memory before the call; on CPU, each measurement runs in a fresh
-subprocess that resets the kernel's peak-RSS mark (`/proc/self/clear_refs`), runs one forward pass, and reports
-VmHWM minus the RSS just before the call (falls back to `ru_maxrss` where clear_refs is unavailable). Ratios are
-loop / ours (above 1: ours is faster or smaller). The last line is JSON.
+Time: best of `--repeats` forward passes under no_grad, after one warm-up, alternating ours and loop. Peak
+memory: on CUDA, the rise of `torch.cuda.max_memory_allocated` over the allocated memory before the call; on CPU,
+each measurement runs in a fresh subprocess that resets the kernel's peak-RSS mark (`/proc/self/clear_refs`), runs
+one forward pass, and reports VmHWM minus the RSS just before the call (falls back to `ru_maxrss` where clear_refs
+is unavailable). Ratios are loop / ours (above 1: ours is faster or smaller). The last line is JSON.
 """
 
 import argparse

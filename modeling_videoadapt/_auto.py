@@ -73,6 +73,7 @@ def _rows() -> tuple[ModelRow, ...]:
         PaveVideoLlavaForConditionalGeneration,
         PaveVideoLlavaModel,
     )
+    from videoadapt.processors.processing_pave import PaveProcessor
 
     def vlm(model_type, config, headless, generative, base):
         classes = {
@@ -80,7 +81,7 @@ def _rows() -> tuple[ModelRow, ...]:
             "AutoModelForImageTextToText": generative,
             "AutoModelForMultimodalLM": generative,
         }
-        return ModelRow(model_type, config, classes, weights_like=base)
+        return ModelRow(model_type, config, classes, processor_class=PaveProcessor, weights_like=base)
 
     return (
         vlm("videoadapt_pave", PaveConfig, PaveModel, PaveForConditionalGeneration, "llava_onevision"),

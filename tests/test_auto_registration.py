@@ -119,6 +119,9 @@ def _pave_builder(family: str):
     """A PAVE model on a tiny base with one non-trivial audio patch; inputs carry its side channel."""
 
     def build(tmp_path):
+        from transformers import AutoTokenizer
+
+        from videoadapt.processors.processing_pave import PaveProcessor
         from videoadapt.testing.tiny_models import build_tiny_checkpoint, tiny_video_inputs
 
         checkpoint = build_tiny_checkpoint(family, tmp_path / "base")
@@ -130,9 +133,10 @@ def _pave_builder(family: str):
             for name, parameter in model.named_parameters():
                 if "patches.audio." in name or ".lora_B." in name:
                     parameter.normal_(0, 0.1)
+        processor = PaveProcessor.from_model(model, AutoTokenizer.from_pretrained(checkpoint), num_frames=2)
         inputs = tiny_video_inputs(family, checkpoint, num_frames=2)
         inputs["side_channels"] = {"audio": {"features": torch.randn(1, 5, 1, 1, 8)}}
-        return model, None, inputs, None  # the PAVE processor arrives with the raw-media path
+        return model, processor, inputs, "what is moving ?"
 
     return build
 

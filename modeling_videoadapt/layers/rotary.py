@@ -10,7 +10,7 @@ rotated as x * cos(a) + rotate_half(x) * sin(a), with rotate_half(x) = [-x2, x1]
 
 Position helpers reproduce PAVE's official position rules (see docs/fidelity.md):
     query_time_positions: query frame t positions = np.linspace(0, T_k - 1, T_q, dtype=int)
-    grid_positions:       a coarse grid inside a finer one = odd entries of np.linspace(0, ref, 2 * size + 1, dtype=int)
+    grid_positions:       coarse grid inside a finer one = odd entries of np.linspace(0, ref, 2 * size + 1, dtype=int)
 """
 
 import torch
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # functional
 
 
@@ -71,7 +71,7 @@ def default_mrope_section(head_dim: int) -> list[int]:
     return [t, h, pairs - t - h]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # modules
 
 
@@ -142,7 +142,7 @@ def create_rotary(kind: str, head_dim: int, theta: float = 10000.0, mrope_sectio
     raise ValueError(f"Unknown rotary `kind`: {kind!r}; expected one of 'none', '1d', '3d'.")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # position rules of the official PAVE code
 
 

@@ -30,7 +30,7 @@ __all__ = ["TemporalAlignedCrossAttention", "chunk_index", "chunk_sizes", "eager
 _UNSUPPORTED_IMPLEMENTATIONS = ("flex_attention", "paged|eager")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # chunking and time upsampling
 
 
@@ -112,7 +112,7 @@ def upsample_time(x: torch.Tensor, lengths: torch.Tensor, target: int) -> tuple[
     return torch.where(keep, out, torch.zeros((), dtype=x.dtype, device=x.device)), torch.clamp(lengths, min=target)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # attention
 
 
@@ -263,7 +263,7 @@ class TemporalAlignedCrossAttention(nn.Module):
     def _gather_chunks(
         self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, uniform: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """k, v [B, Tk, Nk, H, d] -> [B*Tq, H, Cmax*Nk, d] per chunk, plus a bool mask [B*Tq, 1, 1, Cmax*Nk] or None."""
+        """k, v [B, Tk, Nk, H, d] -> [B*Tq, H, Cmax*Nk, d] per chunk, and a bool mask [B*Tq, 1, 1, Cmax*Nk] or None."""
         B, Tq, C = index.shape
         Nk, H, d = k.shape[2:]
         if uniform:  # same length everywhere, a multiple of Tq: chunks are a reshape, nothing is padded
@@ -302,8 +302,8 @@ class TemporalAlignedCrossAttention(nn.Module):
             raise ValueError(f"`key_lengths` must be <= keys.shape[1] ({Tk}), got {lengths.tolist()}.")
         if bool((lengths < Tq).any()):
             raise ValueError(
-                f"`key_lengths` must be >= the number of query frames Tq = {Tq} (every query frame needs a chunk of at "
-                f"least one key step), got {lengths.tolist()}. Upsample short side channels first: "
+                f"`key_lengths` must be >= the number of query frames Tq = {Tq} (every query frame needs a chunk of "
+                f"at least one key step), got {lengths.tolist()}. Upsample short side channels first: "
                 "`keys, key_lengths = upsample_time(keys, key_lengths, target=Tq)`."
             )
         longest = int(lengths.max())
