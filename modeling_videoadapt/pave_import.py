@@ -157,8 +157,10 @@ def _map_lora(folder: Path, num_llm_layers: int | None) -> tuple[dict[str, torch
                 f"{None if b is None else tuple(b.shape)} are not a rank-{rank} pair (missing key or wrong shape)."
             )
     layers = sorted({layer for layer, _ in modules})
-    if not modules or (num_llm_layers is not None and layers[-1] >= num_llm_layers):
-        raise ValueError(f"{path}: LoRA layers {layers[:1]}..{layers[-1:]} do not fit the config's {num_llm_layers}.")
+    if not modules:
+        raise ValueError(f"{path} holds no LoRA tensors.")
+    if num_llm_layers is not None and layers[-1] >= num_llm_layers:
+        raise ValueError(f"{path}: LoRA on LLM layer {layers[-1]}, but config.json has {num_llm_layers} layers.")
     complete = set(modules) == {(i, m) for i in range(num_llm_layers or layers[-1] + 1) for m in _LORA_MODULES}
     targets = LORA_TARGET_MODULES if complete else [f"model.language_model.layers.{i}.{m}" for i, m in sorted(modules)]
     ours = {_OURS_LORA.format(i, m, x): t for (i, m), pair in modules.items() for x, t in pair.items()}
@@ -236,9 +238,11 @@ def import_official_pave(
             llm = json.loads(llm_config.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{llm_config} is not valid JSON ({exc}).") from exc
+        if not isinstance(llm, dict):
+            raise ValueError(f"{llm_config} must hold a JSON object, got {type(llm).__name__}.")
         if "hidden_size" in llm:
             _check_arg("output_dim", output_dim, llm["hidden_size"], f"`hidden_size` in {llm_config}")
-        llm_layers = llm.get("num_hidden_layers")
+        llm_layers = llm.get("num_hidden_layers") if isinstance(llm.get("num_hidden_layers"), int) else None
     found = {name: _dim(weights, key, axis, bin_path) for name, (key, axis, _) in _SIZES.items()}
     found["num_layers"] = 1 + max((int(k.split(".")[1]) for k in weights if k.startswith("layers.")), default=-1)
     given = dict(num_layers=num_layers, side_channel_dim=side_channel_dim, query_dim=query_dim, output_dim=output_dim)
@@ -248,7 +252,7 @@ def import_official_pave(
     config = PavePatchConfig.official(
         **found,
         side_channel=side_channel,
-        side_channel_grid=side_channel_grid,
+        side_channel_grid=None if side_channel_grid is None else list(side_channel_grid),
         num_attention_heads=num_attention_heads,
         base_model_type="llava_onevision",
         base_model_name_or_path=base_model_name_or_path,
@@ -311,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--base-model",
         dest="base_model_name_or_path",
+        metavar="BASE_MODEL",
         help="the transformers base, e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf",
     )
     parser.add_argument("--patch-name")

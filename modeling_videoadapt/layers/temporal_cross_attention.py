@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from videoadapt.layers.rotary import apply_rotary
+
 
 __all__ = ["TemporalAlignedCrossAttention", "chunk_index", "chunk_sizes", "eager_attention_forward", "upsample_time"]
 
@@ -140,10 +142,9 @@ def eager_attention_forward(
 
 
 def _rotate(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """RoPE, rotate_half convention, on x [B, N, H, d] with (cos, sin) [B or 1, N, d]."""
-    cos, sin = (t[:, :, None].to(x.dtype) for t in rotary)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    """RoPE on x [B, N, H, d] with (cos, sin) [B or 1, N, d]."""
+    cos, sin = rotary
+    return apply_rotary(x, cos[:, :, None], sin[:, :, None])
 
 
 class TemporalAlignedCrossAttention(nn.Module):

@@ -310,6 +310,21 @@ def test_arguments_are_cross_checked_against_the_checkpoint(release, tmp_path, t
     assert not (tmp_path / "out").exists()
 
 
+def test_official_config_json_is_cross_checked(release, tmp_path, tiny):
+    folder = release[0]
+    (folder / "config.json").write_text(json.dumps({"model_type": "pave_qwen2", "hidden_size": 896}))
+    with pytest.raises(
+        ValueError, match=r"`output_dim`=64 but the checkpoint has 896 \(`hidden_size` in .*config.json"
+    ):
+        run_import(folder, tmp_path / "out" / "patch", tiny)
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match=r"LoRA on LLM layer 1, but config.json has 1 layers"):
+        run_import(folder, tmp_path / "out" / "patch", tiny)
+    assert not (tmp_path / "out").exists()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
+    assert run_import(folder, tmp_path / "out" / "patch", tiny).is_dir()
+
+
 def test_bad_lora_adapters_are_refused(release, tmp_path, tiny):
     folder, _, lora_state = release
     key = "base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"
