@@ -5,13 +5,16 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_usage_example_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("section", ["Usage", "PAVE patches"])
+def test_readme_examples_run(section, tmp_path, monkeypatch):
     text = README.read_text()
-    (code,) = re.findall(r"## Usage\n\n```python\n(.*?)```", text, flags=re.S)
+    (code,) = re.findall(rf"## {section}\n(?:(?!\n## ).)*?```python\n(.*?)```", text, flags=re.S)
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
