@@ -59,10 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list every registered model type and its classes")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(func=_cmd_models)
+    importer = sub.add_parser(
+        "import-official-pave",
+        add_help=False,
+        help="convert a released official PAVE patch into a videoadapt patch folder",
+    )
+    importer.add_argument("args", nargs=argparse.REMAINDER)
+    importer.set_defaults(func=_cmd_import_official_pave)
     return parser
 
 
+def _cmd_import_official_pave(args: argparse.Namespace) -> int:
+    from videoadapt.pave_import import main as import_main
+
+    return import_main(args.args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["import-official-pave"]:  # its own parser takes every argument, --help included
+        return _cmd_import_official_pave(argparse.Namespace(args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

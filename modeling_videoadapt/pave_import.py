@@ -295,8 +295,8 @@ def _provenance(official_dir: Path, dropped: list[str], lora_layers: int, rank: 
         "LLM layers, keys moved from `model.layers` to `model.language_model.layers`).\n\n"
         "- Official behaviour kept: values reuse the key projection, no attention output projection, no RoPE, "
         "queries from pooled pre-projector vision features.\n"
-        "- The official LLaVA-OneVision inserts a newline token per row of each frame (`grid`), transformers' one per "
-        "video: the LLM (and its LoRA) sees a different token layout than in training.\n"
+        "- The official PAVE code inserts a newline token after every row of every frame (`grid`), transformers' "
+        "LLaVA-OneVision one per video: the LLM (and its LoRA) sees another token layout than in training.\n"
         f"- Dropped (never used by the official code, which computes values with `k_linear`):\n{lines}\n"
     )
 

@@ -235,3 +235,13 @@ def test_console_script_version_and_models():
     out = subprocess.run([sys.executable, "-m", "videoadapt", "models"], capture_output=True, text=True, check=True)
     for row in REGISTRY:
         assert row.model_type in out.stdout
+
+
+def test_cli_import_official_pave_forwards_its_arguments(capsys):
+    from videoadapt.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["import-official-pave", "--help"])
+    assert info.value.code == 0 and "--side-channel-dim" in capsys.readouterr().out
+    assert main(["import-official-pave", "/nonexistent", "/tmp/out", "--side-channel", "audio",
+                 "--side-channel-dim", "8", "--output-dim", "8"]) == 1  # fmt: skip
