@@ -86,7 +86,8 @@ class PaveCrossAttentionBlock(nn.Module):
 
     def forward(self, q, kv, kv_lengths, q_rotary, kv_rotary, return_attention: bool = False):
         attended = self.attn(q, kv, kv_lengths, q_rotary, kv_rotary, return_attention=return_attention)
-        attended, attention = attended if return_attention else (attended, None)
+        # with return_attention the layer gives (out, probabilities, key time steps): keep the last two as the map
+        attended, attention = (attended[0], attended[1:]) if return_attention else (attended, None)
         q = q + attended
         return q + self.ffn(q), attention
 
@@ -128,7 +129,9 @@ class PavePatch(nn.Module):
         query_grid: (h, w, prefix): the N tokens of a frame are `prefix` global tokens then an h x w grid.
         side_positions: [B, Tk, hk, wk, 3] xyz world coordinates (3D side channels only).
     Returns:
-        residual [B, T, N, D] (exactly zero at initialisation), and the attention maps when asked.
+        residual [B, T, N, D] (exactly zero at initialisation), and with `return_attention` a list with one
+        (probabilities [B, H, T, N, Cmax * Nk], key time step of each column [B, T, Cmax * Nk]) per layer, as
+        `TemporalAlignedCrossAttention` returns them.
     """
 
     def __init__(self, config: PavePatchConfig, attn_implementation: str = "sdpa"):
