@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
+from videoadapt.processors.atomic import atomic_write
 from videoadapt.processors.audio import clip_audio, clip_start_times, load_audio
 from videoadapt.processors.errors import MediaError
 from videoadapt.processors.image_processing import FramePreprocessor
@@ -101,7 +101,7 @@ class SideChannelFeatures:
         tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         header = {"version": _FORMAT_VERSION, "kind": self.kind, **(extra_metadata or {})}
         metadata = {_FORMAT: json.dumps(header, default=str)}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         return path
 
     @classmethod
@@ -132,17 +132,6 @@ class SideChannelExtractor(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ from typing import Any
 import av
 import numpy as np
 
-from videoadapt.processors.synthetic_audio import ToneSpec, _atomic_write, _ToneTrack, synthesize_tones
+from videoadapt.processors.atomic import atomic_write
+from videoadapt.processors.synthetic_audio import ToneSpec, _ToneTrack, synthesize_tones
 
 
 __all__ = [
@@ -301,9 +302,9 @@ def write_synthetic_video(path: str | os.PathLike, spec: SyntheticVideoSpec) -> 
             if audio is not None:
                 audio.close()
 
-    _atomic_write(path, write_video)
+    atomic_write(path, write_video)
     text = json.dumps(truth, indent=1) + "\n"
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
     return truth
 
 

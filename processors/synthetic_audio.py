@@ -11,13 +11,14 @@ Shape legend:
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+from videoadapt.processors.atomic import atomic_write
 
 
 __all__ = ["AUDIO_FORMATS", "ToneSpec", "synthesize_tones", "write_tone_audio"]
@@ -102,18 +103,6 @@ class _ToneTrack:
         self.container.mux(self.stream.encode(None))  # flush the encoder
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file in `path`'s folder, then rename it onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_tone_audio(
     path: str | os.PathLike,
     tones: Sequence[ToneSpec],
@@ -148,5 +137,5 @@ def write_tone_audio(
                 track.write_until(end)
             track.close()
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
