@@ -83,7 +83,7 @@ class Accuracy(evaluate.Metric):
         weights = [1.0] * len(predictions) if sample_weight is None else [float(w) for w in sample_weight]
         if len(weights) != len(predictions) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(
-                f"`sample_weight` must hold {len(predictions)} non-negative weights with a positive sum, got {weights}."
+                f"`sample_weight` needs {len(predictions)} non-negative weights with a positive sum, got {weights}."
             )
         correct = sum(w for p, r, w in zip(predictions, references, weights) if p == r)
         return {"accuracy": float(correct / sum(weights))}

@@ -12,6 +12,7 @@ from videoadapt.configuration.configuration_pave import PavePatchConfig
 from videoadapt.modeling_pave import (
     PaveForConditionalGeneration,
     PaveLlavaNextVideoForConditionalGeneration,
+    PavePatch,
     PaveVideoLlavaForConditionalGeneration,
 )
 from videoadapt.testing.tiny_models import tiny_video_inputs
@@ -251,3 +252,16 @@ def test_patch_config_validation():
     assert PavePatchConfig(side_channel="audio").rope == "1d" and PavePatchConfig(side_channel="video").rope == "3d"
     official = PavePatchConfig.official(side_channel="3d", side_channel_grid=[24, 24])
     assert (official.rope, official.tie_value_to_key, official.attention_output_projection) == ("none", True, False)
+
+
+def test_patch_returns_its_attention_maps():
+    config = PavePatchConfig(side_channel="audio", side_channel_dim=8, query_dim=16, output_dim=16, **SMALL)
+    patch = PavePatch(config)
+    queries = torch.randn(2, 4, 3, 16)  # (B, T, N, Dq)
+    side = torch.randn(2, 10, 1, 1, 8)  # (B, Tk, 1, 1, C)
+    residual, maps = patch(queries, side, torch.tensor([10, 6]), (1, 3, 0), return_attention=True)
+    assert residual.shape == (2, 4, 3, 16) and len(maps) == config.num_layers
+    probs, key_time = maps[0]
+    assert probs.shape[:4] == (2, config.num_attention_heads, 4, 3) and key_time.shape[:2] == (2, 4)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    assert key_time[0, 0].tolist()[:3] == [0, 1, 2] and key_time[1, 3].max() == 5  # chunks: 3,3,2,2 and 2,2,1,1
