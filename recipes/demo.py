@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging as std_logging
+import sys
 import time
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                  "patch_learning_rate": args.patch_lr}  # fmt: skip
     config.finetune = dataclasses.replace(config.finetune, **{k: v for k, v in overrides.items() if v is not None})
     summary = run_demo(args.out, config, args.base, args.audio_encoder, args.workers, args.threads)
-    print(json.dumps(summary))
+    sys.stdout.write(json.dumps(summary) + "\n")  # the program's result: one JSON line, last
 
 
 if __name__ == "__main__":
