@@ -32,7 +32,8 @@ import time
 import torch
 from torch import nn
 
-from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention, chunk_sizes
+from videoadapt.layers.temporal_chunks import chunk_sizes
+from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention
 
 
 HIDDEN, HEADS, TQ, NQ = 512, 4, 32, 196

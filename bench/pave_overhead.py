@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from videoadapt.configuration.configuration_pave import PaveConfig, PavePatchConfig
-from videoadapt.layers.temporal_cross_attention import chunk_sizes
+from videoadapt.layers.temporal_chunks import chunk_sizes
 from videoadapt.modeling_pave import PaveForConditionalGeneration, PavePatch
 from videoadapt.pave_patches import LORA_TARGET_MODULES, default_lora_config
 

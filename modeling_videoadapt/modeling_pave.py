@@ -38,7 +38,8 @@ from videoadapt.configuration.configuration_pave import (
     PaveVideoLlavaConfig,
 )
 from videoadapt.layers.rotary import create_rotary, grid_positions, query_time_positions
-from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention, upsample_time
+from videoadapt.layers.temporal_chunks import upsample_time
+from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention
 from videoadapt.pave_patches import PavePatchesMixin
 
 

@@ -8,12 +8,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from videoadapt.layers.rotary import Rotary1D, Rotary3D, grid_positions, positions_3d, query_time_positions
-from videoadapt.layers.temporal_cross_attention import (
-    TemporalAlignedCrossAttention,
-    chunk_index,
-    chunk_sizes,
-    upsample_time,
-)
+from videoadapt.layers.temporal_chunks import chunk_index, chunk_sizes, upsample_time
+from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention
 
 
 TQ, NQ, D, HEADS = 32, 4, 32, 2
