@@ -64,6 +64,7 @@ class ReefConfig(InstructBlipVideoConfig):
     detach_memory: bool = False
 
     def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a base checkpoint's own type must not shadow ours on the instance
         vision_width = _width(self.vision_config, "hidden_size", 1408)
         qformer_width = _width(self.qformer_config, "encoder_hidden_size", None)
         if qformer_width is not None and qformer_width != vision_width:

@@ -65,6 +65,7 @@ class ModelRow:
 
 def _rows() -> tuple[ModelRow, ...]:
     from videoadapt.configuration.configuration_pave import PaveConfig, PaveLlavaNextVideoConfig, PaveVideoLlavaConfig
+    from videoadapt.configuration.configuration_reef import ReefConfig
     from videoadapt.modeling_pave import (
         PaveForConditionalGeneration,
         PaveLlavaNextVideoForConditionalGeneration,
@@ -73,7 +74,9 @@ def _rows() -> tuple[ModelRow, ...]:
         PaveVideoLlavaForConditionalGeneration,
         PaveVideoLlavaModel,
     )
+    from videoadapt.modeling_reef import ReefForConditionalGeneration
     from videoadapt.processors.processing_pave import PaveProcessor
+    from videoadapt.processors.processing_reef import ReefProcessor
 
     def vlm(model_type, config, headless, generative, base):
         classes = {
@@ -99,10 +102,22 @@ def _rows() -> tuple[ModelRow, ...]:
             PaveVideoLlavaForConditionalGeneration,
             "video_llava",
         ),
+        # REEF's headless counterpart would be InstructBLIP-Video's `InstructBlipVideoModel`, which computes the video
+        # features inline; REEF registers the generative classes only.
+        ModelRow(
+            "videoadapt_reef",
+            ReefConfig,
+            {
+                "AutoModelForImageTextToText": ReefForConditionalGeneration,
+                "AutoModelForMultimodalLM": ReefForConditionalGeneration,
+            },
+            processor_class=ReefProcessor,
+            weights_like="instructblipvideo",
+        ),
     )
 
 
-# One row per model type (PAVE on three base families; REEF, DynFocus, Compact follow).
+# One row per model type (PAVE on three base families, REEF; DynFocus and Compact follow).
 REGISTRY: tuple[ModelRow, ...] = _rows()
 
 _registered: list[ModelRow] = []

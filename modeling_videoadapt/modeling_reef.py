@@ -34,7 +34,7 @@ from transformers.models.instructblipvideo.modeling_instructblipvideo import (
 )
 
 from videoadapt.configuration.configuration_reef import ReefConfig
-from videoadapt.layers.adjacent_merge import merge_adjacent, pair_scores
+from videoadapt.layers.memory_bank import QueryMemoryBank, VisualMemoryBank, merge_scores
 from videoadapt.layers.perturbed_topk import PerturbedTopK
 from videoadapt.layers.relevance_scorer import RelevanceScorer
 
@@ -62,40 +62,31 @@ class ReefVideoFeaturesOutput(BaseModelOutputWithVisionQformerOutputs):
 
 
 class QueryMemory:
-    """Per-layer query memory banks for one forward pass: past Q-Former self-attention inputs [B, M, S, E].
+    """The query memory banks of one forward pass, one `QueryMemoryBank` per Q-Former self-attention layer.
 
     Layers read `past(layer)` as extra keys/values and `record` their current input; `commit()` appends the step's
-    records and merges the most similar adjacent pair per position (MA-LMM's rule) once a bank exceeds `length`.
+    records, merging the most similar adjacent pair per position (MA-LMM's rule) once a bank exceeds `length`.
     """
 
     def __init__(self, length: int, key_padding: torch.Tensor, detach: bool):
         self.length, self.key_padding, self.detach = length, key_padding, detach  # key_padding: bool [B, S]
-        self.banks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (states [B,M,S,E], sizes [B,M,S])
+        self.banks: dict[int, QueryMemoryBank] = {}
         self._records: dict[int, torch.Tensor] = {}
 
     def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(past states [B, M*S, E], key mask bool [B, (M+1)*S]) or None while the bank is empty."""
-        if layer not in self.banks:
+        bank = self.banks.get(layer)
+        if bank is None or len(bank) == 0:
             return None
-        states = self.banks[layer][0]
-        mask = self.key_padding.repeat(1, states.shape[1] + 1)  # MA-LMM tiles the current mask M + 1 times
-        return states.flatten(1, 2), mask
+        return bank.keys_values_source(), bank.tile_attention_mask(self.key_padding)
 
     def record(self, layer: int, hidden_states: torch.Tensor) -> None:
-        self._records[layer] = hidden_states.detach() if self.detach else hidden_states
+        self._records[layer] = hidden_states
 
     def commit(self) -> None:
         for layer, states in self._records.items():
-            sizes = states.new_ones(states.shape[:2])
-            if layer in self.banks:
-                old, old_sizes = self.banks[layer]
-                states, sizes = torch.cat([old, states[:, None]], 1), torch.cat([old_sizes, sizes[:, None]], 1)
-            else:
-                states, sizes = states[:, None], sizes[:, None]
-            if states.shape[1] > self.length:
-                choice = pair_scores(states, alpha=1.0, granularity="position").argmax(1)  # [B, S]
-                states, sizes = merge_adjacent(states, sizes, choice)
-            self.banks[layer] = (states, sizes)
+            bank = self.banks.setdefault(layer, QueryMemoryBank(self.length, detach=self.detach))
+            bank.append(states)
         self._records = {}
 
 
@@ -179,40 +170,31 @@ class ReefSpatialFilter(nn.Module):
 class ReefTemporalCompression(nn.Module):
     """RTC: merge the adjacent visual-bank pair with the highest similarity-plus-irrelevance score.
 
-    At inference the pair is the argmax; in training (unless the memory is detached) the merge is the expectation
-    over the perturbed argmax (perturbed top-1 over the pairs), so the scores' gradients reach the relevance scorers.
+    r = r_temp * r_spat: r_temp scores the bank's slots (their mean tokens) against the bank's mean, r_spat is the
+    slots' stored spatial relevance. At inference the pair is the argmax; in training (unless the memory is detached)
+    the merge is the expectation over the perturbed argmax (perturbed top-1 over the pairs), so the scores'
+    gradients reach both relevance scorers.
     """
 
     def __init__(self, config: ReefConfig):
         super().__init__()
-        width = config.vision_config.hidden_size
         self.alpha = config.alpha
-        self.granularity = config.resolved_merge_granularity
         self.soft = not config.detach_memory
-        self.scorer = RelevanceScorer(width, config.relevance_hidden_size)
+        self.scorer = RelevanceScorer(config.vision_config.hidden_size, config.relevance_hidden_size)
         self.select = PerturbedTopK(1, config.topk_num_samples, config.topk_sigma)
 
-    def forward(
-        self, bank: torch.Tensor, sizes: torch.Tensor, spatial_relevance: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """bank [B, M, K, C], sizes and spatial relevance [B, M, K] -> the same with M - 1 slots, and the merged
-        slot index ([B] per frame, [B, K] per position)."""
-        temporal = self.scorer(bank.mean(2)) if self.alpha < 1 else torch.ones_like(sizes[..., 0])  # r_temp [B, M]
-        relevance = temporal[..., None] * spatial_relevance  # r = r_temp * r_spat, [B, M, K]
-        scores = pair_scores(bank, relevance, alpha=self.alpha, granularity=self.granularity)  # [B, M-1(, K)]
-        if self.training and self.soft:
-            choice = (
-                self.select(scores.movedim(1, -1)).indicators[..., 0, :].movedim(-1, 1)
-            )  # pair probabilities [B, M-1(, K)]
-            if self.granularity == "frame":
-                choice = choice[..., None].expand(*choice.shape, bank.shape[2])  # [B, M-1, K]
-            merged_slots = choice.argmax(1)
+    def forward(self, bank: VisualMemoryBank) -> None:
+        """Merge one pair of `bank` (which holds memory_bank_length + 1 slots) in place."""
+        if self.alpha < 1:
+            temporal = self.scorer(bank.features.mean(2))  # r_temp [B, M]
+            relevance = temporal if bank.mode == "frame" else temporal[..., None]
+            scores = merge_scores(bank.features, relevance * bank.relevance, self.alpha, bank.mode)
         else:
-            choice = merged_slots = scores.argmax(1)  # [B] or [B, K]
-        merged, new_sizes, new_relevance = merge_adjacent(bank, sizes, choice, spatial_relevance)
-        if self.granularity == "frame" and merged_slots.ndim == 2:
-            merged_slots = merged_slots[:, 0]
-        return merged, new_sizes, new_relevance, merged_slots
+            scores = merge_scores(bank.features, bank.relevance, 1.0, bank.mode)  # the cosine term alone
+        if self.training and self.soft:
+            bank.compress(probabilities=self.select(scores.movedim(1, -1)).indicators[..., 0, :].movedim(-1, 1))
+        else:
+            bank.compress(merge_index=scores.argmax(1))
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -282,34 +264,36 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
         query_memory = None
         if config.query_memory_bank:
             query_memory = QueryMemory(config.memory_bank_length, qformer_mask.bool(), config.detach_memory)
-        bank = sizes = relevance = None  # visual memory [B, M, K, C], [B, M, K], [B, M, K]
+        granularity = config.resolved_merge_granularity
+        bank = VisualMemoryBank(config.memory_bank_length, config.alpha, granularity, detach=config.detach_memory)
         selected, spatial, merges = [], [], []
         for t in range(frames):
             vision = self.vision_model(
                 pixel_values=pixel_values[:, t], interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
             )
             frame = self.frame_position_embedding(vision.last_hidden_state, t)  # [B, 1+P, C]
-            kept, kept_relevance, frame_relevance, indices = self.spatial_filter(frame)
-            bank, sizes, relevance = _append(bank, sizes, relevance, kept, kept_relevance)  # current frame last
+            kept, kept_relevance, frame_relevance, indices = self.spatial_filter(frame)  # kept [B, K, C]
+            memory = bank.context(kept)  # the bank's slots, then the current frame: [B, (M+1)*K, C]
             qformer_outputs = self.qformer(
                 input_ids=qformer_input_ids,
                 attention_mask=qformer_mask,
                 query_embeds=queries,
-                encoder_hidden_states=bank.flatten(1, 2),
-                encoder_attention_mask=torch.ones(bank.shape[:1] + (bank.shape[1] * bank.shape[2],), device=device),
+                encoder_hidden_states=memory,
+                encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=device),
                 reef_query_memory=query_memory,
                 **kwargs,
             )
-            last = t == frames - 1
-            if query_memory is not None and not last:
-                query_memory.commit()
-            merged = torch.full(_merge_shape(config, bank), -1, device=device)
-            if bank.shape[1] > config.memory_bank_length and not last:
-                bank, sizes, relevance, merged = self.temporal_compression(bank, sizes, relevance)
-            if config.detach_memory:
-                bank, sizes, relevance = bank.detach(), sizes.detach(), relevance.detach()
+            merged = None
+            if t < frames - 1:  # after the last step the banks are dropped, as in MA-LMM
+                if query_memory is not None:
+                    query_memory.commit()
+                bank.append(kept, kept_relevance, compress=False)
+                if len(bank) > config.memory_bank_length:
+                    self.temporal_compression(bank)
+                merged = bank.merge_history[-1]
+            shape = (batch,) if granularity == "frame" else (batch, kept.shape[1])
+            merges.append(torch.full(shape, -1, device=device) if merged is None else merged)
             spatial.append(frame_relevance.detach())
-            merges.append(merged.detach())
             if indices is not None:
                 selected.append(indices)
         query_output = qformer_outputs.last_hidden_state[:, : queries.shape[1]]
@@ -347,19 +331,3 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
             pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask, inputs_embeds,
             interpolate_pos_encoding, **generate_kwargs,
         )  # fmt: skip
-
-
-def _merge_shape(config: ReefConfig, bank: torch.Tensor) -> tuple[int, ...]:
-    return (bank.shape[0],) if config.resolved_merge_granularity == "frame" else (bank.shape[0], bank.shape[2])
-
-
-def _append(bank, sizes, relevance, kept: torch.Tensor, kept_relevance: torch.Tensor):
-    """Append the current frame's kept tokens [B, K, C] (size 1) as the bank's last slot."""
-    ones = kept_relevance.new_ones(kept_relevance.shape)
-    if bank is None:
-        return kept[:, None], ones[:, None], kept_relevance[:, None]
-    return (
-        torch.cat([bank, kept[:, None].to(bank.dtype)], 1),
-        torch.cat([sizes, ones[:, None]], 1),
-        torch.cat([relevance, kept_relevance[:, None]], 1),
-    )

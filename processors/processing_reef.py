@@ -67,9 +67,16 @@ class ReefProcessor(ProcessorMixin):
 
     @classmethod
     def from_model(cls, model, tokenizer, qformer_tokenizer, image_processor=None, **kwargs: Any) -> "ReefProcessor":
-        """A processor matching `model.config` (frames, query tokens) and, if given, the base's image processor."""
-        frames = FramePreprocessor.from_image_processor(image_processor).to_dict() if image_processor else None
+        """A processor matching `model.config` (frames, query tokens, image size) or the base's image processor."""
         config = model.config
+        if image_processor is not None:
+            frames = FramePreprocessor.from_image_processor(image_processor).to_dict()
+        else:  # BLIP preprocessing at the vision tower's resolution
+            side = config.vision_config.image_size
+            frames = {
+                **FramePreprocessor.for_model("instructblip_video").to_dict(),
+                "size": {"height": side, "width": side},
+            }
         return cls(
             tokenizer,
             qformer_tokenizer,

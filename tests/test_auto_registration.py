@@ -141,6 +141,29 @@ def _pave_builder(family: str):
     return build
 
 
+def _build_reef(tmp_path):
+    """REEF on the tiny InstructBLIP-Video checkpoint, filtering 8 of 16 tokens, bank of 2 over 4 frames."""
+    from transformers import AutoTokenizer
+
+    from videoadapt.modeling_reef import ReefForConditionalGeneration
+    from videoadapt.processors.processing_reef import ReefProcessor
+    from videoadapt.testing.tiny_models import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint("instructblip_video", tmp_path / "base")
+    torch.manual_seed(0)
+    model = ReefForConditionalGeneration.from_pretrained(
+        checkpoint, model_type="videoadapt_reef", num_selected_tokens=8, memory_bank_length=2, alpha=0.5
+    )
+    with torch.no_grad():
+        model.frame_position_embedding.weight.normal_(0, 0.1)
+    processor = ReefProcessor.from_model(
+        model, AutoTokenizer.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint / "qformer_tokenizer"),
+        num_frames=4,
+    )  # fmt: skip
+    inputs = dict(processor("what is moving ?", videos=[torch.rand(4, 32, 32, 3).mul(255).byte().numpy()]))
+    return model, processor, inputs, "what is moving ?"
+
+
 # Tiny builders for the shipped rows: model_type -> fn(tmp_path) -> (model, processor, inputs, text).
 TINY_BUILDERS = {
     TEST_ROW.model_type: _build_test_row,
@@ -149,6 +172,7 @@ TINY_BUILDERS = {
         for row in REGISTRY
         if row.model_type.startswith("videoadapt_pave")
     },
+    "videoadapt_reef": _build_reef,
 }
 
 
