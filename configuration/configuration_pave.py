@@ -16,6 +16,8 @@ from typing import Any, Literal
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaNextVideoConfig, LlavaOnevisionConfig, VideoLlavaConfig
 
+from videoadapt.configuration.base_checkpoint import FromBaseCheckpointMixin
+
 
 __all__ = [
     "PATCH_CONFIG_NAME",
@@ -204,7 +206,7 @@ class PavePatchConfig:
 
 
 @strict
-class PaveConfig(LlavaOnevisionConfig):
+class PaveConfig(FromBaseCheckpointMixin, LlavaOnevisionConfig):
     """LLaVA-OneVision with PAVE patches (`model_type="videoadapt_pave"`)."""
 
     model_type = "videoadapt_pave"
@@ -213,7 +215,7 @@ class PaveConfig(LlavaOnevisionConfig):
 
 
 @strict
-class PaveLlavaNextVideoConfig(LlavaNextVideoConfig):
+class PaveLlavaNextVideoConfig(FromBaseCheckpointMixin, LlavaNextVideoConfig):
     """LLaVA-NeXT-Video with PAVE patches."""
 
     model_type = "videoadapt_pave_llava_next_video"
@@ -222,7 +224,7 @@ class PaveLlavaNextVideoConfig(LlavaNextVideoConfig):
 
 
 @strict
-class PaveVideoLlavaConfig(VideoLlavaConfig):
+class PaveVideoLlavaConfig(FromBaseCheckpointMixin, VideoLlavaConfig):
     """Video-LLaVA with PAVE patches."""
 
     model_type = "videoadapt_pave_video_llava"

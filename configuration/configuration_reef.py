@@ -10,6 +10,8 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import InstructBlipVideoConfig, PreTrainedConfig
 
+from videoadapt.configuration.base_checkpoint import FromBaseCheckpointMixin
+
 
 __all__ = ["ReefConfig"]
 
@@ -24,7 +26,7 @@ def _width(config: dict | PreTrainedConfig | None, key: str, default: int | None
 
 
 @strict
-class ReefConfig(InstructBlipVideoConfig):
+class ReefConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
     """InstructBLIP-Video with REEF's online adapter (`model_type="videoadapt_reef"`).
 
     Args (beyond `InstructBlipVideoConfig`'s):
@@ -64,7 +66,6 @@ class ReefConfig(InstructBlipVideoConfig):
     detach_memory: bool = False
 
     def __post_init__(self, **kwargs):
-        kwargs.pop("model_type", None)  # a base checkpoint's own type must not shadow ours on the instance
         vision_width = _width(self.vision_config, "hidden_size", 1408)
         qformer_width = _width(self.qformer_config, "encoder_hidden_size", None)
         if qformer_width is not None and qformer_width != vision_width:
