@@ -5,7 +5,10 @@
 Both run the same `TemporalAlignedCrossAttention` weights in the official configuration (values tied to k_proj, no
 output projection, hidden 512, 4 heads, no RoPE) on the same inputs:
 
-- ours: one call, all samples batched (B * Tq attention batches, gathered chunks + key-padding mask, SDPA);
+- ours: the layer as shipped (`fold_projections="auto"`), one call, all samples batched (B * Tq attention batches).
+  Per call it takes the cheaper path by its FLOP model: standard (project queries, gather chunks + key-padding mask,
+  SDPA) for 3D, folded for audio (q_proj folded into each frame's 4 one-token keys: the queries are never
+  projected; `videoadapt/layers/folded_attention.py`);
 - loop: the official code's way (`VideoCrossAttentionWith3DRope`), re-implemented step for step: a Python loop over
   samples with batch 1 inside the attention; per sample, q and k projections plus a second k projection for the
   values (the official code's tied-value bug); the key time axis is reshaped into Tq chunks when Tq divides it, else
@@ -19,7 +22,9 @@ Time: best of `--repeats` forward passes under no_grad, after one warm-up, alter
 memory: on CUDA, the rise of `torch.cuda.max_memory_allocated` over the allocated memory before the call; on CPU,
 each measurement runs in a fresh subprocess that resets the kernel's peak-RSS mark (`/proc/self/clear_refs`), runs
 one forward pass, and reports VmHWM minus the RSS just before the call (falls back to `ru_maxrss` where clear_refs
-is unavailable). Ratios are loop / ours (above 1: ours is faster or smaller). The last line is JSON.
+is unavailable). FLOPs: analytic, from the shapes (matmuls only, 2 per multiply-add: projections, folding, scores,
+weighted sums); `flops_ratio` = loop / ours bounds the speedup of matmul-bound runs. Ratios are loop / ours (above 1:
+ours is faster, smaller or cheaper). The last line is JSON.
 """
 
 import argparse
@@ -32,6 +37,7 @@ import time
 import torch
 from torch import nn
 
+from videoadapt.layers.folded_attention import cross_attention_flops, is_foldable_linear
 from videoadapt.layers.temporal_chunks import chunk_sizes
 from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention
 
@@ -77,6 +83,29 @@ def loop_forward(layer: TemporalAlignedCrossAttention, queries, keys, lengths) -
         out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layer.scaling)
         outs.append(layer.o_proj(out.transpose(1, 2).reshape(1, tq, nq, dim)))
     return torch.cat(outs)
+
+
+def loop_flops(layer: TemporalAlignedCrossAttention, queries, keys, lengths) -> int:
+    """Analytic FLOPs of `loop_forward`: per sample, q projection, two k projections of the L valid steps, and
+    attention over that sample's own longest chunk (official configuration: no output projection)."""
+    _, tq, nq, dim = queries.shape
+    nk, total = keys.shape[2], 0
+    for length in lengths.tolist():
+        cols = -(-length // tq) * nk  # ceil(L / Tq) key steps per chunk (padded to the longest chunk)
+        total += 2 * dim * dim * (tq * nq + 2 * length * nk) + 2 * 2 * tq * nq * cols * dim
+    return total
+
+
+def ours_flops(layer: TemporalAlignedCrossAttention, queries, keys, lengths) -> tuple[int, str]:
+    """Analytic FLOPs of the layer's call and the path it takes ("standard" or "folded")."""
+    batch, tq, nq, _ = queries.shape
+    shapes = (batch, tq, nq, keys.shape[1], keys.shape[2], -(-int(lengths.max()) // tq))
+    path = "folded" if layer.use_folded(*shapes) else "standard"
+    flops = cross_attention_flops(
+        *shapes, layer.hidden_size, layer.num_heads, untied_values=not layer.tie_value_to_key,
+        output_projection=is_foldable_linear(layer.o_proj),
+    )  # fmt: skip
+    return flops[path], path
 
 
 def run_variant(variant: str, layer, queries, keys, lengths) -> torch.Tensor:
@@ -161,17 +190,26 @@ def main() -> None:
         return
 
     figures, max_diff = {}, 0.0
-    header = f"{'case':<8}{'variant':<8}{'best of ' + str(args.repeats) + ' (ms)':>18}{'peak mem (MiB)':>16}"
+    header = f"{'case':<8}{'variant':<8}{'path':<10}{'GFLOP':>8}{'best of ' + str(args.repeats) + ' (ms)':>18}"
+    header += f"{'peak mem (MiB)':>16}"
     rows = []
     for case in CASES:
         inputs = make_case(case, args.batch, args.device, dtype)
         max_diff = max(max_diff, (run_variant("ours", *inputs) - run_variant("loop", *inputs)).abs().max().item())
+        ours, path = ours_flops(*inputs)
+        flops, paths = {"ours": ours, "loop": loop_flops(*inputs)}, {"ours": path, "loop": "loop"}
         seconds = best_times(inputs, args.repeats, args.device)
         result = {variant: (seconds[variant], peak_memory(case, variant, args)) for variant in seconds}
         for variant, (sec, mem) in result.items():
-            rows.append(f"{case:<8}{variant:<8}{sec * 1e3:>18.1f}{mem / 2**20:>16.1f}")
+            rows.append(
+                f"{case:<8}{variant:<8}{paths[variant]:<10}{flops[variant] / 1e9:>8.2f}{sec * 1e3:>18.1f}"
+                f"{mem / 2**20:>16.1f}"
+            )
         del inputs
         figures[f"speedup_{case}"] = round(result["loop"][0] / result["ours"][0], 3)
+        figures[f"flops_ratio_{case}"] = round(flops["loop"] / flops["ours"], 3)
+        figures[f"path_{case}"] = path
+        figures[f"gflops_{case}"] = {v: round(flops[v] / 1e9, 3) for v in flops}
         figures[f"mem_ratio_{case}"] = round(result["loop"][1] / max(result["ours"][1], 1), 3)
         figures[f"peak_mem_mib_{case}"] = {v: round(result[v][1] / 2**20, 1) for v in result}
 

@@ -61,33 +61,44 @@ class ReefVideoFeaturesOutput(BaseModelOutputWithVisionQformerOutputs):
 # --------------------------------------------------------------------------------------------- Q-Former memory
 
 
+class QueryMemoryStep:
+    """What the Q-Former's self-attention layers see during one step: a snapshot of the query banks, read as extra
+    keys/values, and the step's inputs, recorded for the banks. A snapshot, so that a layer recomputed by gradient
+    checkpointing sees the same memory as the first time."""
+
+    def __init__(self, past: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        self._past, self.records = past, {}
+
+    def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(past states [B, M*S, E], key mask bool [B, (M+1)*S]) or None while the bank is empty."""
+        return self._past.get(layer)
+
+    def record(self, layer: int, hidden_states: torch.Tensor) -> None:
+        self.records[layer] = hidden_states
+
+
 class QueryMemory:
     """The query memory banks of one forward pass, one `QueryMemoryBank` per Q-Former self-attention layer.
 
-    Layers read `past(layer)` as extra keys/values and `record` their current input; `commit()` appends the step's
-    records, merging the most similar adjacent pair per position (MA-LMM's rule) once a bank exceeds `length`.
+    `step()` gives the layers a snapshot; `commit(step)` appends the step's recorded inputs, merging the most similar
+    adjacent pair per position (MA-LMM's rule) once a bank exceeds `length`.
     """
 
     def __init__(self, length: int, key_padding: torch.Tensor, detach: bool):
         self.length, self.key_padding, self.detach = length, key_padding, detach  # key_padding: bool [B, S]
         self.banks: dict[int, QueryMemoryBank] = {}
-        self._records: dict[int, torch.Tensor] = {}
 
-    def past(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(past states [B, M*S, E], key mask bool [B, (M+1)*S]) or None while the bank is empty."""
-        bank = self.banks.get(layer)
-        if bank is None or len(bank) == 0:
-            return None
-        return bank.keys_values_source(), bank.tile_attention_mask(self.key_padding)
+    def step(self) -> QueryMemoryStep:
+        past = {
+            layer: (bank.keys_values_source(), bank.tile_attention_mask(self.key_padding))
+            for layer, bank in self.banks.items()
+        }
+        return QueryMemoryStep(past)
 
-    def record(self, layer: int, hidden_states: torch.Tensor) -> None:
-        self._records[layer] = hidden_states
-
-    def commit(self) -> None:
-        for layer, states in self._records.items():
+    def commit(self, step: QueryMemoryStep) -> None:
+        for layer, states in step.records.items():
             bank = self.banks.setdefault(layer, QueryMemoryBank(self.length, detach=self.detach))
             bank.append(states)
-        self._records = {}
 
 
 class ReefQFormerSelfAttention(InstructBlipVideoQFormerMultiHeadAttention):
@@ -98,7 +109,7 @@ class ReefQFormerSelfAttention(InstructBlipVideoQFormerMultiHeadAttention):
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                reef_query_memory: QueryMemory | None = None, **kwargs):  # fmt: skip
+                reef_query_memory: QueryMemoryStep | None = None, **kwargs):  # fmt: skip
         past = None
         if reef_query_memory is not None:
             past = reef_query_memory.past(self.layer_idx)
@@ -115,7 +126,9 @@ class ReefQFormerSelfAttention(InstructBlipVideoQFormerMultiHeadAttention):
         v = self.value(kv).view(batch, kv.shape[1], -1, self.attention_head_size).transpose(1, 2)
         mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(~key_mask, torch.finfo(q.dtype).min)[:, None, None, :]
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        implementation = self.config._attn_implementation
+        implementation = "sdpa" if "flash" in implementation else implementation  # flash takes no padding mask here
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         dropout = self.attention_dropout if self.training else 0.0
         out, weights = interface(self, q, k, v, mask, dropout=dropout, scaling=self.scaling, **kwargs)
         return out.reshape(batch, length, -1).contiguous(), weights
@@ -268,6 +281,7 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
         bank = VisualMemoryBank(config.memory_bank_length, config.alpha, granularity, detach=config.detach_memory)
         selected, spatial, merges = [], [], []
         for t in range(frames):
+            step = None if query_memory is None else query_memory.step()
             vision = self.vision_model(
                 pixel_values=pixel_values[:, t], interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
             )
@@ -280,13 +294,13 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
                 query_embeds=queries,
                 encoder_hidden_states=memory,
                 encoder_attention_mask=torch.ones(memory.shape[:2], dtype=torch.long, device=device),
-                reef_query_memory=query_memory,
+                reef_query_memory=step,
                 **kwargs,
             )
             merged = None
             if t < frames - 1:  # after the last step the banks are dropped, as in MA-LMM
                 if query_memory is not None:
-                    query_memory.commit()
+                    query_memory.commit(step)
                 bank.append(kept, kept_relevance, compress=False)
                 if len(bank) > config.memory_bank_length:
                     self.temporal_compression(bank)

@@ -15,15 +15,23 @@ Shape legend:
 All samples run in one attention call of batch B * Tq: keys are gathered per chunk into [B * Tq, H, Cmax * Nk, d]
 with a key-padding mask (eager, sdpa, other registered functions), or packed without padding and passed as
 `cu_seq_lens_*` (flash attention varlen). There is no loop over samples and no dense [Tq * Nq, Tk * Nk] mask.
+
+Small chunks (H * Cmax * Nk well below D, e.g. audio: one token per step) take the folded path instead
+(`folded_attention.py`): q_proj (and a linear o_proj) are folded into each chunk's few keys (and values), so the
+queries are never projected. Exact without query RoPE; chosen per call by an analytic FLOP model
+(`fold_projections="auto"`), or forced with True / False.
 """
 
 import math
+from collections.abc import Sequence
+from functools import partial
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from videoadapt.layers.folded_attention import cross_attention_flops, folded_chunk_attention, is_foldable_linear
 from videoadapt.layers.rotary import apply_rotary
 from videoadapt.layers.temporal_chunks import chunk_bounds, chunk_index
 
@@ -77,6 +85,10 @@ class TemporalAlignedCrossAttention(nn.Module):
         bias: bias on the projections.
         attn_implementation: "eager", "sdpa", a flash attention implementation, or another function registered in
             transformers' `AttentionInterface` (called with a boolean key-padding mask). Can be changed later.
+        fold_projections: "auto" (default): fold q_proj (and o_proj) into the chunk keys (values) when the FLOP model
+            says it is cheaper, never with query RoPE or flash attention; True: always fold (bypasses the attention
+            backend; query RoPE is then an error); False: never. Same results and gradients either way, up to
+            float rounding. Can be changed later.
     """
 
     def __init__(
@@ -88,6 +100,7 @@ class TemporalAlignedCrossAttention(nn.Module):
         output_projection: bool = True,
         bias: bool = True,
         attn_implementation: str = "sdpa",
+        fold_projections: bool | str = "auto",
     ) -> None:
         super().__init__()
         if num_heads < 1 or hidden_size % num_heads:
@@ -99,6 +112,7 @@ class TemporalAlignedCrossAttention(nn.Module):
         self.is_causal = False
         self.tie_value_to_key = tie_value_to_key
         self.attn_implementation = attn_implementation
+        self.fold_projections = fold_projections
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         if not tie_value_to_key:
@@ -115,6 +129,16 @@ class TemporalAlignedCrossAttention(nn.Module):
             allowed = {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()} - set(_UNSUPPORTED_IMPLEMENTATIONS)
             raise ValueError(f"`attn_implementation` must be one of {sorted(allowed)}, got {value!r}.")
         self._attn_implementation = value
+
+    @property
+    def fold_projections(self) -> bool | str:
+        return self._fold_projections
+
+    @fold_projections.setter
+    def fold_projections(self, value: bool | str) -> None:
+        if not (isinstance(value, bool) or value == "auto"):
+            raise ValueError(f"`fold_projections` must be 'auto', True or False, got {value!r}.")
+        self._fold_projections = value
 
     @property
     def config(self) -> SimpleNamespace:  # what transformers' flash attention integration reads from the module
@@ -138,7 +162,8 @@ class TemporalAlignedCrossAttention(nn.Module):
                 first: `keys, key_lengths = upsample_time(keys, key_lengths, Tq)`.
             query_rotary: (cos, sin) [B or 1, Tq * Nq, d] for the projected queries, or None.
             key_rotary: (cos, sin) [B or 1, Tk * Nk, d] for the projected keys (global key positions), or None.
-            return_attention: also return the probabilities (computed by the eager path whatever the backend).
+            return_attention: also return the probabilities (computed by the eager or folded path, whatever the
+                backend).
 
         Returns:
             out [B, Tq, Nq, D]; with `return_attention`, also probabilities [B, H, Tq, Nq, Cmax * Nk] and the key
@@ -155,44 +180,84 @@ class TemporalAlignedCrossAttention(nn.Module):
         H, d = self.num_heads, self.head_dim
         self._check_rotary("query_rotary", query_rotary, Tq * Nq)
         self._check_rotary("key_rotary", key_rotary, Tk * Nk)
-
-        q = self.q_proj(queries).view(B, Tq * Nq, H, d)
+        impl = "eager" if return_attention else self._attn_implementation
+        fold = self.use_folded(
+            B, Tq, Nq, Tk, Nk, max_chunk, query_rotary=query_rotary is not None, attn_implementation=impl
+        )
         k_lin = self.k_proj(keys).view(B, Tk * Nk, H, d)
         v = k_lin if self.tie_value_to_key else self.v_proj(keys).view(B, Tk * Nk, H, d)
-        q = q if query_rotary is None else _rotate(q, query_rotary)
         k = k_lin if key_rotary is None else _rotate(k_lin, key_rotary)
-        q = q.reshape(B * Tq, Nq, H, d).transpose(1, 2)  # [B*Tq, H, Nq, d]
         k, v = k.view(B, Tk, Nk, H, d), v.view(B, Tk, Nk, H, d)
         lengths = key_lengths.to(device=keys.device, dtype=torch.long)
 
-        impl = "eager" if return_attention else self._attn_implementation
-        if "flash" in impl:
-            out = self._flash_attention(q, k, v, lengths, max_chunk)
-        else:
+        if fold or "flash" not in impl:
             index, valid = chunk_index(lengths, Tq, max_chunk)  # [B, Tq, Cmax]
-            k, v, mask = self._gather_chunks(k, v, index, valid, uniform)
-            attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)
-            out, probs = attn_fn(self, q, k, v, mask, dropout=0.0, scaling=self.scaling, is_causal=False)
-        out = self.o_proj(out.reshape(B, Tq, Nq, D))
+        if fold:
+            gather = partial(self._gather_chunks, index=index, valid=valid, uniform=uniform)
+            out, probs = folded_chunk_attention(queries, k, v, self.q_proj, self.o_proj, self.scaling, gather)
+        else:
+            q = self.q_proj(queries).view(B, Tq * Nq, H, d)
+            q = q if query_rotary is None else _rotate(q, query_rotary)
+            q = q.reshape(B * Tq, Nq, H, d).transpose(1, 2)  # [B*Tq, H, Nq, d]
+            if "flash" in impl:
+                out = self._flash_attention(q, k, v, lengths, max_chunk)
+            else:
+                (k, v), mask = self._gather_chunks((k, v), index, valid, uniform)
+                attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)
+                out, probs = attn_fn(self, q, k, v, mask, dropout=0.0, scaling=self.scaling, is_causal=False)
+            out = self.o_proj(out.reshape(B, Tq, Nq, D))
+        out = out.reshape(B, Tq, Nq, D)
         if not return_attention:
             return out
-        probs = probs.view(B, Tq, H, Nq, max_chunk * Nk).transpose(1, 2)  # [B, H, Tq, Nq, Cmax*Nk]
+        probs = probs.reshape(B, Tq, H, Nq, max_chunk * Nk).transpose(1, 2)  # [B, H, Tq, Nq, Cmax*Nk]
         key_time = torch.where(valid, index, -1)[..., None].expand(B, Tq, max_chunk, Nk).reshape(B, Tq, -1)
         return out, probs, key_time
 
+    def use_folded(
+        self,
+        batch: int,
+        frames: int,
+        query_tokens: int,
+        key_steps: int,
+        key_tokens: int,
+        max_chunk: int,
+        *,
+        query_rotary: bool = False,
+        attn_implementation: str | None = None,
+    ) -> bool:
+        """Whether a call with these shapes takes the folded path: `fold_projections`, or for "auto" the cheaper path by
+        `cross_attention_flops`, never with query RoPE, a q_proj that is not `is_foldable_linear` (wrapped by an
+        adapter, partitioned) or flash attention (varlen path). True raises where folding would be wrong."""
+        plain_query_projection = is_foldable_linear(self.q_proj)
+        if self._fold_projections is True and (query_rotary or not plain_query_projection):
+            reason = "`query_rotary` (query RoPE)" if query_rotary else f"this `q_proj` ({type(self.q_proj).__name__})"
+            raise ValueError(
+                f"`fold_projections=True` cannot be used with {reason}: folding q_proj into the keys is exact only "
+                "for a plain, whole nn.Linear q_proj without query RoPE; set `fold_projections='auto'` (falls back to the "
+                "standard path) or False."
+            )
+        impl = attn_implementation or self._attn_implementation
+        if self._fold_projections != "auto" or query_rotary or not plain_query_projection or "flash" in impl:
+            return self._fold_projections is True
+        flops = cross_attention_flops(
+            batch, frames, query_tokens, key_steps, key_tokens, max_chunk, self.hidden_size, self.num_heads,
+            untied_values=not self.tie_value_to_key, output_projection=is_foldable_linear(self.o_proj),
+        )  # fmt: skip
+        return flops["folded"] < flops["standard"]
+
+    @staticmethod
     def _gather_chunks(
-        self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, uniform: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """k, v [B, Tk, Nk, H, d] -> [B*Tq, H, Cmax*Nk, d] per chunk, and a bool mask [B*Tq, 1, 1, Cmax*Nk] or None."""
+        tensors: Sequence[torch.Tensor], index: torch.Tensor, valid: torch.Tensor, uniform: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each [B, Tk, Nk, H, *] -> [B*Tq, H, Cmax*Nk, *] per chunk, and a bool mask [B*Tq, 1, 1, Cmax*Nk] or None."""
         B, Tq, C = index.shape
-        Nk, H, d = k.shape[2:]
+        Nk = tensors[0].shape[2]
         if uniform:  # same length everywhere, a multiple of Tq: chunks are a reshape, nothing is padded
-            k, v = (t[:, : Tq * C].reshape(B * Tq, C * Nk, H, d).transpose(1, 2) for t in (k, v))
-            return k, v, None
-        b = torch.arange(B, device=k.device)[:, None, None]
-        k, v = (t[b, index].view(B * Tq, C * Nk, H, d).transpose(1, 2) for t in (k, v))  # gather: [B, Tq, C, Nk, H, d]
+            return [t[:, : Tq * C].reshape(B * Tq, C * Nk, *t.shape[3:]).transpose(1, 2) for t in tensors], None
+        b = torch.arange(B, device=index.device)[:, None, None]
+        gathered = [t[b, index].reshape(B * Tq, C * Nk, *t.shape[3:]).transpose(1, 2) for t in tensors]
         mask = valid[..., None].expand(B, Tq, C, Nk).reshape(B * Tq, 1, 1, C * Nk)
-        return k, v, mask
+        return gathered, mask
 
     def _flash_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, max_chunk: int

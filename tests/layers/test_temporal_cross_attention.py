@@ -1,4 +1,5 @@
-"""Temporal-aligned cross-attention: chunk rule, time upsampling, batched layer vs a per-sample loop reference."""
+"""Temporal-aligned cross-attention: chunk rule, time upsampling, batched layer (standard and folded paths) vs a
+per-sample loop reference."""
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from videoadapt.layers import temporal_cross_attention as tca_module
+from videoadapt.layers.folded_attention import cross_attention_flops
 from videoadapt.layers.rotary import Rotary1D, Rotary3D, grid_positions, positions_3d, query_time_positions
 from videoadapt.layers.temporal_chunks import chunk_index, chunk_sizes, upsample_time
 from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention
@@ -242,11 +245,12 @@ def test_flash_varlen_route_matches_reference(monkeypatch):
 # padding, gradients, parameters
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_padding_does_not_change_the_output(impl):
-    layer = TemporalAlignedCrossAttention(D, HEADS, attn_implementation=impl)
+@pytest.mark.parametrize(("impl", "fold"), [("eager", False), ("sdpa", False), ("sdpa", True)])
+def test_padding_does_not_change_the_output(impl, fold):
+    layer = TemporalAlignedCrossAttention(D, HEADS, attn_implementation=impl, fold_projections=fold)
     queries, keys, lengths = make_inputs(45, 3)
     q_rot, k_rot = make_rotary("1d", lengths, 45, 3)
+    q_rot = None if fold else q_rot  # folding needs queries without RoPE
     k_rot = tuple(t.expand(3, -1, -1).clone() for t in k_rot)
     out = layer(queries, keys, lengths, q_rot, k_rot)
     pad = torch.arange(45) >= lengths[:, None]  # [B, Tk]
@@ -276,6 +280,180 @@ def test_official_configuration_parameters():
     assert isinstance(layer.o_proj, nn.Identity) and not hasattr(layer, "v_proj")
     assert sorted(layer.state_dict()) == ["k_proj.bias", "k_proj.weight", "q_proj.bias", "q_proj.weight"]
     assert layer.head_dim == 128 and layer.scaling == 128**-0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# folded path (q_proj / o_proj folded into the chunk keys / values)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("key_rope", ["none", "1d"])
+@pytest.mark.parametrize("Nk", [3, 1])
+@pytest.mark.parametrize("Tk", [1, 20, 32, 45, 64, 100])
+def test_folded_path_matches_per_sample_reference(Tk, Nk, key_rope, variant):
+    torch.manual_seed(Tk)
+    tie, oproj = VARIANTS[variant]
+    layer = TemporalAlignedCrossAttention(
+        D, HEADS, tie_value_to_key=tie, output_projection=oproj, fold_projections=True
+    )
+    queries, keys, lengths = make_inputs(Tk, Nk)
+    k_rot = make_rotary(key_rope, lengths, keys.shape[1], Nk)[1]  # key RoPE only: folding needs plain queries
+    with torch.no_grad():
+        out = layer(queries, keys, lengths, key_rotary=k_rot)
+        expected = reference_forward(layer, queries, keys, lengths, None, k_rot)
+    assert out.shape == (3, TQ, NQ, D)
+    assert (out - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_folded_probabilities_match_standard(variant, bias):
+    tie, oproj = VARIANTS[variant]
+    layer = TemporalAlignedCrossAttention(D, HEADS, tie_value_to_key=tie, output_projection=oproj, bias=bias)
+    queries, keys, lengths = make_inputs(45, 3)  # lengths [45, 32, 38]: chunks of 1 and 2 steps, padding columns
+    k_rot = make_rotary("1d", lengths, 45, 3)[1]
+    results = {}
+    for fold in (False, True):
+        layer.fold_projections = fold
+        with torch.no_grad():
+            results[fold] = layer(queries, keys, lengths, key_rotary=k_rot, return_attention=True)
+    (out, probs, key_time), (out_f, probs_f, key_time_f) = results[False], results[True]
+    assert probs_f.shape == probs.shape == (3, HEADS, TQ, NQ, 6)
+    assert torch.equal(key_time_f, key_time)
+    assert (probs_f - probs).abs().max() < 1e-6 and (out_f - out).abs().max() < 1e-5
+    padding = (key_time == -1)[:, None, :, None].expand_as(probs_f)  # [B, H, Tq, Nq, Cmax*Nk]
+    assert padding.any() and bool((probs_f[padding] == 0).all())  # exactly zero, not just small
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_folded_gradients_match_standard(variant):
+    tie, oproj = VARIANTS[variant]
+    torch.manual_seed(1)
+    layers = {
+        fold: TemporalAlignedCrossAttention(D, HEADS, tie_value_to_key=tie, output_projection=oproj)
+        for fold in (False, True)
+    }
+    layers[True].load_state_dict(layers[False].state_dict())
+    queries, keys, lengths = make_inputs(45, 3)
+    k_rot = make_rotary("1d", lengths, 45, 3)[1]
+    weights = torch.randn(3, TQ, NQ, D)
+    grads = {}
+    for fold, layer in layers.items():
+        layer.fold_projections = fold
+        q, k = queries.clone().requires_grad_(True), keys.clone().requires_grad_(True)
+        (layer(q, k, lengths, key_rotary=k_rot) * weights).sum().backward()
+        grads[fold] = {name: p.grad for name, p in layer.named_parameters()} | {"queries": q.grad, "keys": k.grad}
+    assert grads[True].keys() == grads[False].keys()
+    for name, grad in grads[False].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[True][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    pad = torch.arange(45) >= lengths[:, None]
+    assert grads[True]["keys"][pad].abs().sum() == 0
+
+
+def test_cross_attention_flops_by_hand():
+    """PAVE audio (official: tied values, no o_proj) and 3D shapes; 2 FLOPs per multiply-add."""
+    B, Nq, Dx, H = 8, 196, 512, 4
+    rows_q = B * TQ * Nq
+    audio = cross_attention_flops(B, TQ, Nq, 120, 1, 4, Dx, H, untied_values=False, output_projection=False)
+    assert audio["standard"] == 2 * rows_q * Dx * Dx + 2 * (B * 120) * Dx * Dx + 2 * 2 * rows_q * 4 * Dx
+    assert audio["folded"] == 2 * 2 * (B * 120) * Dx * Dx + 2 * 2 * rows_q * Dx * (H * 4)  # x @ K'^T, P @ V'
+    full = cross_attention_flops(B, TQ, Nq, 32, 576, 1, Dx, H, untied_values=True, output_projection=True)
+    key_rows = B * 32 * 576
+    assert full["standard"] == 2 * Dx * Dx * (2 * rows_q + 2 * key_rows) + 2 * 2 * rows_q * 576 * Dx
+    assert full["folded"] == 2 * Dx * Dx * 4 * key_rows + 2 * 2 * rows_q * Dx * (H * 576)
+
+
+@pytest.mark.parametrize(("tie", "oproj"), [(True, False), (False, True)])
+def test_auto_folds_audio_shapes_not_3d_shapes(tie, oproj):
+    layer = TemporalAlignedCrossAttention(512, 4, tie_value_to_key=tie, output_projection=oproj)
+    audio, three_d = (8, TQ, 196, 120, 1, 4), (8, TQ, 196, 32, 576, 1)  # B, Tq, Nq, Tk, Nk, Cmax
+    assert layer.fold_projections == "auto"
+    assert layer.use_folded(*audio) and not layer.use_folded(*three_d)
+    assert not layer.use_folded(*audio, query_rotary=True)
+    assert not layer.use_folded(*audio, attn_implementation="flash_attention_2")
+    layer.fold_projections = False
+    assert not layer.use_folded(*audio)
+    layer.fold_projections = True
+    assert layer.use_folded(*three_d)
+
+
+@pytest.mark.parametrize(("Tk", "Nk", "folded"), [(45, 1, True), (32, 24, False)])
+def test_auto_dispatches_forward_by_shape(monkeypatch, Tk, Nk, folded):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return fold_fn(*args, **kwargs)
+
+    fold_fn = tca_module.folded_chunk_attention
+    monkeypatch.setattr(tca_module, "folded_chunk_attention", spy)
+    layer = TemporalAlignedCrossAttention(D, HEADS)
+    queries, keys, lengths = make_inputs(Tk, Nk)
+    with torch.no_grad():
+        out = layer(queries, keys, lengths)
+        expected = reference_forward(layer, queries, keys, lengths)
+    assert bool(calls) == folded and (out - expected).abs().max() < 1e-5
+
+
+class _AdapterWrappedLinear(nn.Module):
+    """Looks like a Linear (weight, bias of the base) but adds a low-rank delta, as adapter wrappers do."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base, self.down, self.up = base, nn.Linear(D, 2, bias=False), nn.Linear(2, D, bias=False)
+        self.weight, self.bias = base.weight, base.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def test_wrapped_projections_are_never_folded():
+    layer = TemporalAlignedCrossAttention(D, HEADS)
+    queries, keys, lengths = make_inputs(45, 1)  # shapes that "auto" folds with plain projections
+    layer.o_proj = _AdapterWrappedLinear(layer.o_proj)  # not folded: applied after the folded weighted sum
+    layer.q_proj = _AdapterWrappedLinear(layer.q_proj)  # not folded at all: "auto" takes the standard path
+    for fold, q_proj in (("auto", layer.q_proj), (True, layer.q_proj.base)):
+        layer.q_proj, layer.fold_projections = q_proj, fold
+        with torch.no_grad():
+            out = layer(queries, keys, lengths)
+            expected = reference_forward(layer, queries, keys, lengths)
+        assert (out - expected).abs().max() < 1e-5, fold
+    layer.q_proj = _AdapterWrappedLinear(layer.q_proj)
+    with pytest.raises(
+        ValueError, match="`fold_projections=True` cannot be used with this `q_proj` \\(_AdapterWrappedLinear\\)"
+    ):
+        layer(queries, keys, lengths)
+
+
+def test_partitioned_query_projection_is_never_folded():
+    """A ZeRO-3-like q_proj: the weight is an empty placeholder except while q_proj itself runs."""
+    layer = TemporalAlignedCrossAttention(D, HEADS)
+    full, empty = layer.q_proj.weight.data, torch.empty(0)
+    layer.q_proj.weight.data = empty
+    layer.q_proj.register_forward_pre_hook(lambda module, args: setattr(module.weight, "data", full))
+    layer.q_proj.register_forward_hook(lambda module, args, out: setattr(module.weight, "data", empty))
+    queries, keys, lengths = make_inputs(45, 1)  # shapes that "auto" folds with a whole q_proj
+    with torch.no_grad():
+        out = layer(queries, keys, lengths)
+        expected = reference_forward(layer, queries, keys, lengths)
+    assert (out - expected).abs().max() < 1e-5
+    layer.fold_projections = True
+    with pytest.raises(ValueError, match="cannot be used with this `q_proj` \\(Linear\\).*plain, whole nn.Linear"):
+        layer(queries, keys, lengths)
+
+
+def test_fold_projections_errors():
+    with pytest.raises(ValueError, match="`fold_projections` must be 'auto', True or False, got 'yes'"):
+        TemporalAlignedCrossAttention(D, HEADS, fold_projections="yes")
+    layer = TemporalAlignedCrossAttention(D, HEADS)
+    with pytest.raises(ValueError, match="`fold_projections` must be 'auto', True or False, got 1"):
+        layer.fold_projections = 1
+    layer.fold_projections = True
+    queries, keys, lengths = make_inputs(45, 1)
+    q_rot = make_rotary("1d", lengths, 45, 1)[0]
+    with pytest.raises(ValueError, match="`fold_projections=True` cannot be used with `query_rotary`.*'auto'"):
+        layer(queries, keys, lengths, query_rotary=q_rot)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

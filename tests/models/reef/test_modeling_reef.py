@@ -131,12 +131,14 @@ def test_query_memory_attention_matches_a_literal_reference(checkpoint):
     padding = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)  # [B, S]
     memory = QueryMemory(length=3, key_padding=padding, detach=True)
     past = torch.randn(B, 2, 7, 32, generator=g)
-    for step in range(2):
-        memory.record(0, past[:, step])
-        memory.commit()
+    for t in range(2):
+        step = memory.step()
+        step.record(0, past[:, t])
+        memory.commit(step)
     hidden = torch.randn(B, 7, 32, generator=g)
     with torch.no_grad():
-        got, _ = attention(hidden, reef_query_memory=memory)
+        step = memory.step()
+        got, _ = attention(hidden, reef_query_memory=step)
         # reference: keys and values over [past frame 0, past frame 1, current], the padding tiled three times
         heads, d = 4, 8
         kv = torch.cat([past[:, 0], past[:, 1], hidden], 1)
@@ -147,7 +149,7 @@ def test_query_memory_attention_matches_a_literal_reference(checkpoint):
         scores = scores.masked_fill(~torch.cat([padding] * 3, 1)[:, None, None], float("-inf"))
         expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, 7, 32)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    assert torch.equal(memory._records[0], hidden)  # the step's input is recorded for the bank
+    assert torch.equal(step.records[0], hidden)  # the step's input is recorded for the bank
 
 
 def test_query_memory_bank_is_bounded_and_merges_like_ma_lmm():
@@ -156,8 +158,9 @@ def test_query_memory_bank_is_bounded_and_merges_like_ma_lmm():
     states, sizes = None, None
     for _ in range(7):
         step = torch.randn(1, 5, 8, generator=g)
-        memory.record(0, step)
-        memory.commit()
+        snapshot = memory.step()
+        snapshot.record(0, step)
+        memory.commit(snapshot)
         states = step[:, None] if states is None else torch.cat([states, step[:, None]], 1)
         sizes = torch.ones(1, 1, 5) if sizes is None else torch.cat([sizes, torch.ones(1, 1, 5)], 1)
         if states.shape[1] > 3:
