@@ -2,6 +2,7 @@
 
 videoadapt --version
 videoadapt models            # every registered model type, its classes and Auto classes
+videoadapt visualize reef MODEL_DIR VIDEO --question "..." --out picture.png [--num-frames N]
 """
 
 from __future__ import annotations
@@ -66,7 +67,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importer.add_argument("args", nargs=argparse.REMAINDER)
     importer.set_defaults(func=_cmd_import_official_pave)
+    _add_visualize(sub)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    visualize = sub.add_parser("visualize", help="draw what a model kept and merged for one video")
+    methods = visualize.add_subparsers(dest="method", metavar="METHOD", required=True)
+    reef = methods.add_parser(
+        "reef", help="REEF: kept spatial tokens, relevance heat maps and memory merges, one column per frame"
+    )
+    reef.add_argument("model_dir", help="a saved REEF model folder with its processor")
+    reef.add_argument("video", help="a video file (sampled uniformly)")
+    reef.add_argument("--question", required=True, help="the question or instruction")
+    reef.add_argument("--out", required=True, help="the picture to write (.png, .jpg, ...)")
+    reef.add_argument(
+        "--num-frames", type=_positive_int, default=None, help="frames to sample (default: the processor's)"
+    )
+    reef.add_argument("--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it")
+    reef.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    reef.set_defaults(func=_cmd_visualize_reef)
+
+
+def _cmd_visualize_reef(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from videoadapt.modeling_reef import ReefForConditionalGeneration
+    from videoadapt.recipes.reef_visualize import visualize_reef
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(args.model_dir).to(device)
+        if not isinstance(model, ReefForConditionalGeneration):
+            raise ValueError(f"{args.model_dir} holds {type(model).__name__}, not ReefForConditionalGeneration.")
+        processor = AutoProcessor.from_pretrained(args.model_dir)
+        result = visualize_reef(
+            model, processor, args.video, args.question, args.out,
+            num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
+        )  # fmt: skip
+    except (ValueError, OSError) as error:
+        print(f"videoadapt visualize reef: error: {error}", file=sys.stderr)
+        return 1
+    print(f"saved {result.path}")
+    if result.answer is not None:
+        print(f"answer: {result.answer}")
+    return 0
 
 
 def _cmd_import_official_pave(args: argparse.Namespace) -> int:
