@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("args", nargs=argparse.REMAINDER)
     importer.set_defaults(func=_cmd_import_official_pave)
     _add_visualize(sub)
+    _add_redundancy(sub)
     return parser
 
 
@@ -119,6 +120,76 @@ def _cmd_visualize_reef(args: argparse.Namespace) -> int:
     print(f"saved {result.path}")
     if result.answer is not None:
         print(f"answer: {result.answer}")
+    return 0
+
+
+def _positive_number(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _add_redundancy(sub: argparse._SubParsersAction) -> None:
+    redundancy = sub.add_parser(
+        "redundancy", help="DynFocus Appendix A: temporal (r_d) and answer (r_a) redundancy of videos, with CLIP"
+    )
+    redundancy.add_argument(
+        "manifest", help="JSONL, one {video, question, answer} per line; video paths relative to the manifest"
+    )
+    redundancy.add_argument("--clip", required=True, help="CLIP checkpoint folder or Hub id")
+    redundancy.add_argument("--num-videos", type=_positive_int, default=20, help="videos to draw (default 20)")
+    redundancy.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    frames = redundancy.add_mutually_exclusive_group()
+    frames.add_argument("--fps", type=_positive_number, default=None, help="frames per second (default 1)")
+    frames.add_argument("--num-frames", type=_positive_int, default=None, help="uniformly spaced frames instead")
+    redundancy.add_argument("--max-frames", type=_positive_int, default=None, help="cap on frames with --fps")
+    redundancy.add_argument("--similarity-threshold", type=float, default=0.6, help="r_d threshold (default 0.6)")
+    redundancy.add_argument("--relevance-threshold", type=float, default=0.4, help="r_a threshold (default 0.4)")
+    redundancy.add_argument("--batch-size", type=_positive_int, default=32, help="frames per CLIP forward pass")
+    redundancy.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    redundancy.add_argument("--json", dest="json_out", default=None, help="also write the full report to this file")
+    redundancy.add_argument("--no-progress", action="store_true", help="no progress bar")
+    redundancy.set_defaults(func=_cmd_redundancy)
+
+
+def _redundancy_table(report) -> list[str]:
+    """One row per sampled video, then the means."""
+    width = max([len("video"), *(len(v.video) for v in report.videos)])
+    lines = [f"{'video':<{width}}  {'frames':>6}  {'questions':>9}  {'r_d':>6}  {'r_a':>6}"]
+    for v in report.videos:
+        lines.append(f"{v.video:<{width}}  {v.num_frames:>6}  {v.num_questions:>9}  {v.r_d:>6.3f}  {v.r_a:>6.3f}")
+    mean = f"mean of {len(report.videos)} of {report.num_manifest_videos} videos"
+    lines.append(f"{mean:<{width + 19}}  {report.r_d:>6.3f}  {report.r_a:>6.3f}")
+    return lines
+
+
+def _cmd_redundancy(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from videoadapt.processors.atomic import atomic_write
+    from videoadapt.recipes.redundancy import estimate_redundancy, load_clip, read_manifest
+
+    try:
+        read_manifest(args.manifest)  # fail fast, before loading (or downloading) CLIP
+        model, tokenizer, frame_preprocessor = load_clip(args.clip, args.device)
+        report = estimate_redundancy(
+            args.manifest, model, tokenizer, frame_preprocessor,
+            num_videos=args.num_videos, seed=args.seed,
+            fps=None if args.num_frames is not None else (args.fps or 1.0),
+            num_frames=args.num_frames, max_frames=args.max_frames,
+            similarity_threshold=args.similarity_threshold, relevance_threshold=args.relevance_threshold,
+            batch_size=args.batch_size, progress=not args.no_progress,
+        )  # fmt: skip
+    except (ValueError, OSError) as error:
+        print(f"videoadapt redundancy: error: {error}", file=sys.stderr)
+        return 1
+    summary = report.to_dict()
+    if args.json_out:
+        atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    print("\n".join(_redundancy_table(report)))
+    print(json.dumps(summary))
     return 0
 
 

@@ -311,12 +311,15 @@ class PerturbedTopK(nn.Module):
     def sigma(self, value: float) -> None:
         self._sigma = _check_sigma(value, allow_zero=True)
 
-    def forward(self, scores: torch.Tensor, seed: int | None = None) -> TopKSelection:
-        """scores [..., N] -> TopKSelection (indicators [..., k, N], indices [..., k] in eval, None in training)."""
+    def forward(self, scores: torch.Tensor, seed: int | None = None, k: int | None = None) -> TopKSelection:
+        """scores [..., N] -> TopKSelection (indicators [..., k, N], indices [..., k] in eval, None in training).
+
+        `k` overrides the module's k for this call (e.g. a k that depends on the number of frames)."""
+        k = self.k if k is None else k
         if self.training:
-            indicators = _perturbed(scores, self.k, self.sigma, self.num_samples, seed, None, self.max_chunk_bytes)
+            indicators = _perturbed(scores, k, self.sigma, self.num_samples, seed, None, self.max_chunk_bytes)
             return TopKSelection(indicators, None)
-        indices, indicators = hard_topk(scores, self.k)
+        indices, indicators = hard_topk(scores, k)
         return TopKSelection(indicators, indices)
 
     def extra_repr(self) -> str:
