@@ -17,7 +17,18 @@ from transformers import InstructBlipVideoConfig
 from videoadapt.configuration.base_checkpoint import FromBaseCheckpointMixin
 
 
-__all__ = ["DynFocusConfig"]
+__all__ = ["DynFocusConfig", "dynfocus_video_tokens"]
+
+
+def dynfocus_video_tokens(
+    num_frames: int, num_events: int, event_keep_ratio: float, fine_tokens_per_key_frame: int, key_frame_rods: bool
+) -> int:
+    """Video tokens DynFocus gives the LLM for `num_frames` frames: 2 per frame, plus the fine tokens of
+    K = ceil(K/L * min(L, T)) key frames (minus their 2 coarse ones without `key_frame_rods`)."""
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least 1 frame, got {num_frames}.")
+    key = max(1, math.ceil(event_keep_ratio * min(num_events, num_frames) - 1e-9))
+    return 2 * num_frames - (0 if key_frame_rods else 2 * key) + fine_tokens_per_key_frame * key
 
 
 @strict
@@ -79,11 +90,17 @@ class DynFocusConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
         return max(1, math.ceil(self.event_keep_ratio * min(self.num_events, num_frames) - 1e-9))
 
     def num_video_tokens(self, num_frames: int) -> int:
-        """Tokens the LLM receives for a `num_frames`-frame video: 2 per frame, plus the fine tokens of K key frames
-        (and, without `key_frame_rods`, minus their 2 coarse ones)."""
-        key = self.num_key_frames(num_frames)
-        rods = 2 * num_frames - (0 if self.key_frame_rods else 2 * key)
-        return rods + self.fine_tokens_per_key_frame * key
+        """Tokens the LLM receives for a `num_frames`-frame video (see `dynfocus_video_tokens`)."""
+        return dynfocus_video_tokens(**self.token_budget(), num_frames=num_frames)
+
+    def token_budget(self) -> dict:
+        """What the processor needs to count video tokens."""
+        return {
+            "num_events": self.num_events,
+            "event_keep_ratio": float(self.event_keep_ratio),
+            "fine_tokens_per_key_frame": self.fine_tokens_per_key_frame,
+            "key_frame_rods": self.key_frame_rods,
+        }
 
     def _check_ranges(self) -> None:
         def need(ok: bool, message: str) -> None:

@@ -64,8 +64,10 @@ class ModelRow:
 
 
 def _rows() -> tuple[ModelRow, ...]:
+    from videoadapt.configuration.configuration_dynfocus import DynFocusConfig
     from videoadapt.configuration.configuration_pave import PaveConfig, PaveLlavaNextVideoConfig, PaveVideoLlavaConfig
     from videoadapt.configuration.configuration_reef import ReefConfig
+    from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
     from videoadapt.modeling_pave import (
         PaveForConditionalGeneration,
         PaveLlavaNextVideoForConditionalGeneration,
@@ -75,6 +77,7 @@ def _rows() -> tuple[ModelRow, ...]:
         PaveVideoLlavaModel,
     )
     from videoadapt.modeling_reef import ReefForConditionalGeneration
+    from videoadapt.processors.processing_dynfocus import DynFocusProcessor
     from videoadapt.processors.processing_pave import PaveProcessor
     from videoadapt.processors.processing_reef import ReefProcessor
 
@@ -114,10 +117,20 @@ def _rows() -> tuple[ModelRow, ...]:
             processor_class=ReefProcessor,
             weights_like="instructblipvideo",
         ),
+        ModelRow(
+            "videoadapt_dynfocus",
+            DynFocusConfig,
+            {
+                "AutoModelForImageTextToText": DynFocusForConditionalGeneration,
+                "AutoModelForMultimodalLM": DynFocusForConditionalGeneration,
+            },
+            processor_class=DynFocusProcessor,
+            weights_like="instructblipvideo",
+        ),
     )
 
 
-# One row per model type (PAVE on three base families, REEF; DynFocus and Compact follow).
+# One row per model type (PAVE on three base families, REEF, DynFocus; Compact follows).
 REGISTRY: tuple[ModelRow, ...] = _rows()
 
 _registered: list[ModelRow] = []

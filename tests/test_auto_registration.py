@@ -164,6 +164,30 @@ def _build_reef(tmp_path):
     return model, processor, inputs, "what is moving ?"
 
 
+def _build_dynfocus(tmp_path):
+    """DynFocus on the tiny InstructBLIP-Video checkpoint (4x4 patches: P = 4, I = 6 + 3, L = 4)."""
+    from transformers import AutoTokenizer
+
+    from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
+    from videoadapt.processors.processing_dynfocus import DynFocusProcessor
+    from videoadapt.testing.tiny_models import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint("instructblip_video", tmp_path / "base")
+    torch.manual_seed(0)
+    model = DynFocusForConditionalGeneration.from_pretrained(checkpoint, **DYNFOCUS_TINY)
+    processor = DynFocusProcessor.from_model(
+        model,
+        AutoTokenizer.from_pretrained(checkpoint),
+        AutoTokenizer.from_pretrained(checkpoint / "qformer_tokenizer"),
+    )
+    frames = torch.rand(5, 32, 32, 3).mul(255).byte().numpy()
+    inputs = dict(processor("<video> what is moving ?", videos=[frames]))
+    return model, processor, inputs, "what is moving ?"
+
+
+DYNFOCUS_TINY = dict(num_pooled_tokens=4, spatial_clusters=[6, 3], spatial_knn=[3, 2], num_events=4, event_knn=2)
+
+
 # Tiny builders for the shipped rows: model_type -> fn(tmp_path) -> (model, processor, inputs, text).
 TINY_BUILDERS = {
     TEST_ROW.model_type: _build_test_row,
@@ -173,6 +197,7 @@ TINY_BUILDERS = {
         if row.model_type.startswith("videoadapt_pave")
     },
     "videoadapt_reef": _build_reef,
+    "videoadapt_dynfocus": _build_dynfocus,
 }
 
 

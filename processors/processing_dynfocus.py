@@ -1,0 +1,116 @@
+"""The DynFocus processor: text with one `<video>` per sample, videos sampled at 1 fps, the Q-Former's instruction.
+
+The `<video>` placeholder expands to exactly the tokens DynFocus produces for the video's T frames: 2 per frame plus
+P + I = 38 per key frame, K = ceil(K/L * min(L, T)) key frames (`dynfocus_video_tokens`). Videos in one batch must
+have the same number of frames (the model selects the same K for each).
+
+Shape legend: B videos, T frames, S frame side.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+
+from videoadapt.configuration.configuration_dynfocus import dynfocus_video_tokens
+from videoadapt.processors.image_processing import FramePreprocessor
+from videoadapt.processors.sampling import FpsSampler
+from videoadapt.processors.video_io import load_video
+
+
+__all__ = ["DynFocusProcessor"]
+
+
+class DynFocusProcessor(ProcessorMixin):
+    """Tokenizers + 1 fps frame sampling + the exact video-token count for `DynFocusForConditionalGeneration`.
+
+    Args:
+        tokenizer: the LLM's tokenizer, with a `video_token`.
+        qformer_tokenizer: the Q-Former's tokenizer (the question conditions the coarse context tokens).
+        frame_preprocessor: `FramePreprocessor.to_dict()`; default the InstructBLIP-Video preset (224, CLIP norm).
+        fps: sampling rate of video paths (1 fps in the paper).
+        max_frames: at most this many frames (uniform over the fps grid beyond it).
+        token_budget: `DynFocusConfig.token_budget()` (events, keep ratio, fine tokens per key frame, key-frame rods).
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        qformer_tokenizer=None,
+        frame_preprocessor: dict | None = None,
+        fps: float = 1.0,
+        max_frames: int = 2000,
+        token_budget: dict | None = None,
+        chat_template: str | None = None,
+    ):
+        self.sampler = FpsSampler(fps, max_frames)  # validates both
+        self.fps, self.max_frames = fps, max_frames
+        self.token_budget = dict(token_budget or {"num_events": 25, "event_keep_ratio": 0.8,
+                                                  "fine_tokens_per_key_frame": 38, "key_frame_rods": True})  # fmt: skip
+        dynfocus_video_tokens(num_frames=1, **self.token_budget)  # validates the budget's keys
+        self.frame_preprocessor = frame_preprocessor or FramePreprocessor.for_model("instructblip_video").to_dict()
+        self._frames = FramePreprocessor.from_dict(self.frame_preprocessor)
+        super().__init__(tokenizer, qformer_tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_model(
+        cls, model, tokenizer, qformer_tokenizer, image_processor=None, **kwargs: Any
+    ) -> "DynFocusProcessor":
+        """A processor matching `model.config` (token budget, max frames, image size) or the base's image processor."""
+        config = model.config
+        if image_processor is not None:
+            frames = FramePreprocessor.from_image_processor(image_processor).to_dict()
+        else:
+            side = config.vision_config.image_size
+            frames = {
+                **FramePreprocessor.for_model("instructblip_video").to_dict(),
+                "size": {"height": side, "width": side},
+            }
+        kwargs.setdefault("max_frames", config.max_frames)
+        return cls(
+            tokenizer, qformer_tokenizer, frame_preprocessor=frames, token_budget=config.token_budget(), **kwargs
+        )
+
+    def video_token_count(self, num_frames: int) -> int:
+        return dynfocus_video_tokens(num_frames=num_frames, **self.token_budget)
+
+    def _clip(self, video: Any) -> np.ndarray:
+        if isinstance(video, str | os.PathLike):
+            return load_video(video, self.sampler)[0]
+        clip = np.asarray(video)
+        if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
+            raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
+        return clip[: self.max_frames]
+
+    def __call__(self, text: str | list[str], videos: Any = None, questions: str | list[str] | None = None,
+                 return_tensors: str = "pt", **tokenizer_kwargs: Any) -> BatchFeature:  # fmt: skip
+        """Texts with one `<video>` each + videos (paths or [T, H, W, 3] uint8) -> model inputs.
+
+        `questions` (default: the texts without the placeholder) go to the Q-Former.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if videos is None:
+            videos = []
+        elif isinstance(videos, str | os.PathLike) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
+            videos = [videos]
+        clips = [self._clip(v) for v in videos]
+        token = self.tokenizer.video_token
+        if (clips and len(clips) != len(texts)) or (not clips and any(token in t for t in texts)):
+            raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(clips)} videos.")
+        if len({len(c) for c in clips}) > 1:
+            raise ValueError(f"videos in one batch need the same frame count, got {sorted({len(c) for c in clips})}.")
+        expanded = [] if clips else texts
+        for t, clip in zip(texts, clips):
+            if t.count(token) != 1:
+                raise ValueError(f"each text needs exactly one {token!r}, got {t.count(token)} in {t!r}.")
+            expanded.append(t.replace(token, token * self.video_token_count(len(clip))))
+        questions = [t.replace(token, "").strip() for t in texts] if questions is None else questions
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        data = dict(self.tokenizer(expanded, return_tensors=return_tensors, padding=True, **tokenizer_kwargs))
+        qformer = self.qformer_tokenizer(questions, padding=True, return_tensors=return_tensors)
+        data["qformer_input_ids"], data["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
+        if clips:
+            data["pixel_values"] = torch.stack([self._frames(clip) for clip in clips])  # [B, T, 3, S, S]
+        return BatchFeature(data, tensor_type=None)
