@@ -3,6 +3,7 @@
 videoadapt --version
 videoadapt models            # every registered model type, its classes and Auto classes
 videoadapt visualize reef MODEL_DIR VIDEO --question "..." --out picture.png [--num-frames N]
+videoadapt visualize dynfocus MODEL_DIR VIDEO --question "..." --out picture.png [--frame T]
 """
 
 from __future__ import annotations
@@ -95,6 +96,22 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     reef.add_argument("--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it")
     reef.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     reef.set_defaults(func=_cmd_visualize_reef)
+    dynfocus = methods.add_parser(
+        "dynfocus", help="DynFocus: frames coloured by event, kept events, key frames, and one frame's S-DPC clusters"
+    )
+    dynfocus.add_argument("model_dir", help="a saved DynFocus model folder with its processor")
+    dynfocus.add_argument("video", help="a video file (sampled as the processor does: 1 fps by default)")
+    dynfocus.add_argument("--question", required=True, help="the question")
+    dynfocus.add_argument("--out", required=True, help="the picture to write (.png, .jpg, ...)")
+    dynfocus.add_argument(
+        "--frame", type=_nonnegative_int, default=None, help="frame of the S-DPC panels (default: the first key frame)"
+    )
+    dynfocus.add_argument("--columns", type=_positive_int, default=None, help="frames per timeline row (default 16)")
+    dynfocus.add_argument(
+        "--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it"
+    )
+    dynfocus.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    dynfocus.set_defaults(func=_cmd_visualize_dynfocus)
 
 
 def _cmd_visualize_reef(args: argparse.Namespace) -> int:
@@ -118,6 +135,41 @@ def _cmd_visualize_reef(args: argparse.Namespace) -> int:
         print(f"videoadapt visualize reef: error: {error}", file=sys.stderr)
         return 1
     print(f"saved {result.path}")
+    if result.answer is not None:
+        print(f"answer: {result.answer}")
+    return 0
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _cmd_visualize_dynfocus(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
+    from videoadapt.recipes.dynfocus_visualize import visualize_dynfocus
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(args.model_dir).to(device)
+        if not isinstance(model, DynFocusForConditionalGeneration):
+            raise ValueError(f"{args.model_dir} holds {type(model).__name__}, not DynFocusForConditionalGeneration.")
+        processor = AutoProcessor.from_pretrained(args.model_dir)
+        result = visualize_dynfocus(
+            model, processor, args.video, args.question, args.out,
+            frame=args.frame, max_new_tokens=args.max_new_tokens, columns=args.columns,
+        )  # fmt: skip
+    except (ValueError, OSError) as error:
+        print(f"videoadapt visualize dynfocus: error: {error}", file=sys.stderr)
+        return 1
+    print(f"saved {result.path}")
+    key_frames = result.features.key_frames[0].tolist()
+    print(f"key frames: {key_frames} of {result.features.event_assign.shape[1]}; panels: frame {result.frame}")
     if result.answer is not None:
         print(f"answer: {result.answer}")
     return 0

@@ -16,20 +16,38 @@ contains it; a parameter that no entry covers is an error, so a recipe never sil
 """
 
 import dataclasses
-import math
 import os
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from videoadapt.callbacks import SigmaAnnealingCallback
+from videoadapt.recipes.recipe_utils import (
+    boolean,
+    build_dataclass,
+    check_sources,
+    choice,
+    integer,
+    list_shipped,
+    load_shipped,
+    module_prefixes,
+    number,
+    optional,
+    pair,
+    read_yaml,
+    require,
+    set_trainable,
+    shown,
+    sources_map,
+    spec,
+    split_batch,
+    text,
+    trainable_parameter_names,
+)
 
 
 __all__ = ["STAGES", "ReefGeneration", "ReefRecipe", "ReefStage", "list_recipes", "load_recipe"]
@@ -43,115 +61,6 @@ _CONFIG_KEYS = ("num_frames", "memory_bank_length", "alpha", "num_selected_token
                 "detach_memory")  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------- value checks
-
-
-class _Invalid(Exception):
-    """A value broke its field's rule; the message completes "`field` must be ...". Internal to the loader."""
-
-
-Check = Callable[[Any], Any]
-
-
-def _shown(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _integer(low: int, high: int | None = None) -> Check:
-    def check(value: Any) -> int:
-        rule = f"an integer in [{low}, {'inf' if high is None else high}]"
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _Invalid(f"{rule}, got {_shown(value)}")
-        if value < low or (high is not None and value > high):
-            raise _Invalid(f"{rule}, got {value}")
-        return value
-
-    return check
-
-
-def _number(low: float, high: float, open_low: bool = False, open_high: bool = False) -> Check:
-    rule = f"a number in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-
-    def check(value: Any) -> float:
-        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
-            raise _Invalid(
-                f"{rule}, got the string {value!r}; write floats with a dot and a signed exponent, e.g. 1.0e-4"
-            )
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise _Invalid(f"{rule}, got {_shown(value)}")
-        below = value <= low if open_low else value < low
-        above = value >= high if open_high else value > high
-        if below or above or math.isnan(value):
-            raise _Invalid(f"{rule}, got {value}")
-        return float(value)
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"true or false, got {_shown(value)}")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Invalid(f"a non-empty string, got {_shown(value)}")
-    return value
-
-
-def _choice(*options: str) -> Check:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _Invalid(f"one of {list(options)}, got {_shown(value)}")
-        return value
-
-    return check
-
-
-def _optional(check: Check, meaning: str) -> Check:
-    def optional(value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return check(value)
-        except _Invalid as error:
-            raise _Invalid(f"null ({meaning}) or {error}") from None
-
-    return optional
-
-
-def _pair(check: Check) -> Check:
-    def pair(value: Any) -> tuple:
-        if not isinstance(value, list | tuple) or len(value) != 2:
-            raise _Invalid(f"a list of two numbers, e.g. [0.9, 0.999], got {_shown(value)}")
-        try:
-            return tuple(check(v) for v in value)
-        except _Invalid as error:
-            raise _Invalid(f"a list of two numbers whose items are each {error}") from None
-
-    return pair
-
-
-def _prefixes(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise _Invalid(f"a list of module names (parameter name prefixes), got {_shown(value)}")
-    if len(set(value)) != len(value):
-        raise _Invalid(f"a list without repeated names, got {value}")
-    return tuple(value)
-
-
-def _sources(value: Any) -> dict[str, str]:
-    valid = isinstance(value, dict) and all(isinstance(v, str) and v.strip() for v in value.values())
-    if not valid or not all(isinstance(k, str) for k in value):
-        raise _Invalid(f"a mapping of field name -> non-empty source text, got {_shown(value)}")
-    return dict(value)
-
-
-def _spec(check: Check | None, doc: str) -> Any:
-    return field(metadata={"check": check, "help": doc})
-
-
 # --------------------------------------------------------------------------------------------- the recipe
 
 
@@ -159,55 +68,55 @@ def _spec(check: Check | None, doc: str) -> Any:
 class ReefStage:
     """One training stage: what REEF does (config overrides), how it is optimised, what it trains."""
 
-    init_from: str = _spec(_choice("base", "initial"), "the base checkpoint or the initial stage's output")
-    epochs: int = _spec(_integer(1), "training epochs")
-    learning_rate: float = _spec(_number(0.0, 1.0, open_low=True, open_high=True), "peak AdamW learning rate")
-    batch_size: int = _spec(_integer(1), "global batch size: all devices and accumulation steps together")
-    adam_betas: tuple[float, float] = _spec(_pair(_number(0.0, 1.0, open_high=True)), "AdamW (beta1, beta2)")
-    weight_decay: float = _spec(_number(0.0, 1.0), "AdamW weight decay")
-    num_frames: int = _spec(_integer(1, 120), "frames per video (<= ReefConfig.max_num_frames = 120)")
-    memory_bank_length: int = _spec(_integer(1), "visual/query memory bank slots")
-    alpha: float = _spec(_number(0.0, 1.0), "RTC score balance weight (1 = MA-LMM's similarity-only merge)")
-    num_selected_tokens: int | None = _spec(_optional(_integer(1), "no filtering"), "STF tokens kept per frame")
-    topk_num_samples: int = _spec(_integer(1), "perturbed top-K noise samples n")
-    topk_sigma: float = _spec(_number(0.0, 10.0, open_low=True), "initial perturbed top-K noise scale")
-    detach_memory: bool = _spec(_boolean, "store memory banks without autograd history, hard merges")
-    sigma_annealing: bool = _spec(_boolean, "anneal sigma linearly to 0 with SigmaAnnealingCallback")
-    trainable: tuple[str, ...] = _spec(_prefixes, "module prefixes whose parameters are trained")
-    frozen: tuple[str, ...] = _spec(_prefixes, "module prefixes whose parameters are frozen")
+    init_from: str = spec(choice("base", "initial"), "the base checkpoint or the initial stage's output")
+    epochs: int = spec(integer(1), "training epochs")
+    learning_rate: float = spec(number(0.0, 1.0, open_low=True, open_high=True), "peak AdamW learning rate")
+    batch_size: int = spec(integer(1), "global batch size: all devices and accumulation steps together")
+    adam_betas: tuple[float, float] = spec(pair(number(0.0, 1.0, open_high=True)), "AdamW (beta1, beta2)")
+    weight_decay: float = spec(number(0.0, 1.0), "AdamW weight decay")
+    num_frames: int = spec(integer(1, 120), "frames per video (<= ReefConfig.max_num_frames = 120)")
+    memory_bank_length: int = spec(integer(1), "visual/query memory bank slots")
+    alpha: float = spec(number(0.0, 1.0), "RTC score balance weight (1 = MA-LMM's similarity-only merge)")
+    num_selected_tokens: int | None = spec(optional(integer(1), "no filtering"), "STF tokens kept per frame")
+    topk_num_samples: int = spec(integer(1), "perturbed top-K noise samples n")
+    topk_sigma: float = spec(number(0.0, 10.0, open_low=True), "initial perturbed top-K noise scale")
+    detach_memory: bool = spec(boolean, "store memory banks without autograd history, hard merges")
+    sigma_annealing: bool = spec(boolean, "anneal sigma linearly to 0 with SigmaAnnealingCallback")
+    trainable: tuple[str, ...] = spec(module_prefixes, "module prefixes whose parameters are trained")
+    frozen: tuple[str, ...] = spec(module_prefixes, "module prefixes whose parameters are frozen")
 
 
 @dataclass(frozen=True)
 class ReefGeneration:
     """Decoding settings for evaluation (`model.generate(**inputs, **recipe.generation_kwargs())`)."""
 
-    num_beams: int = _spec(_integer(1), "beam size")
-    max_new_tokens: int = _spec(_integer(1), "longest answer/caption in tokens")
-    min_new_tokens: int = _spec(_integer(0), "shortest answer/caption in tokens")
-    repetition_penalty: float = _spec(_number(0.0, 100.0, open_low=True), "repetition penalty")
-    length_penalty: float = _spec(_number(-100.0, 100.0), "beam search length penalty")
-    num_return_sequences: int = _spec(_integer(1), "sequences returned per video (top-k classification)")
+    num_beams: int = spec(integer(1), "beam size")
+    max_new_tokens: int = spec(integer(1), "longest answer/caption in tokens")
+    min_new_tokens: int = spec(integer(0), "shortest answer/caption in tokens")
+    repetition_penalty: float = spec(number(0.0, 100.0, open_low=True), "repetition penalty")
+    length_penalty: float = spec(number(-100.0, 100.0), "beam search length penalty")
+    num_return_sequences: int = spec(integer(1), "sequences returned per video (top-k classification)")
 
 
 @dataclass(frozen=True)
 class ReefRecipe:
     """A validated REEF recipe (see the module docstring); build it with `load_recipe`."""
 
-    name: str = _spec(_text, "recipe name")
-    task: str = _spec(_choice(*TASKS), "task")
-    dataset: str = _spec(_text, "dataset")
-    llm: str = _spec(_text, "the LLM of the tables")
-    base_checkpoint: str = _spec(_text, "InstructBLIP(-Video) checkpoint the initial stage starts from")
-    prompt: str = _spec(_text, "instruction; QA prompts hold one {} for the question")
-    image_resolution: int = _spec(_integer(EVA_PATCH_SIZE, 4096), "frame side in pixels")
-    lr_scheduler: str = _spec(_choice(*(s.value for s in SchedulerType)), "transformers scheduler type")
-    warmup_epochs: float = _spec(_number(0.0, 1000.0), "linear warmup length in epochs (< each stage's epochs)")
-    bf16: bool = _spec(_boolean, "bf16 mixed precision")
-    seed: int = _spec(_integer(0), "random seed")
-    generation: ReefGeneration = _spec(None, "decoding settings")
-    initial: ReefStage = _spec(None, "the initial stage")
-    main: ReefStage = _spec(None, "the main stage")
-    sources: dict[str, str] = _spec(_sources, "field -> where its value comes from")
+    name: str = spec(text, "recipe name")
+    task: str = spec(choice(*TASKS), "task")
+    dataset: str = spec(text, "dataset")
+    llm: str = spec(text, "the LLM of the tables")
+    base_checkpoint: str = spec(text, "InstructBLIP(-Video) checkpoint the initial stage starts from")
+    prompt: str = spec(text, "instruction; QA prompts hold one {} for the question")
+    image_resolution: int = spec(integer(EVA_PATCH_SIZE, 4096), "frame side in pixels")
+    lr_scheduler: str = spec(choice(*(s.value for s in SchedulerType)), "transformers scheduler type")
+    warmup_epochs: float = spec(number(0.0, 1000.0), "linear warmup length in epochs (< each stage's epochs)")
+    bf16: bool = spec(boolean, "bf16 mixed precision")
+    seed: int = spec(integer(0), "random seed")
+    generation: ReefGeneration = spec(None, "decoding settings")
+    initial: ReefStage = spec(None, "the initial stage")
+    main: ReefStage = spec(None, "the main stage")
+    sources: dict[str, str] = spec(sources_map, "field -> where its value comes from")
     path: Path | None = field(default=None, compare=False, metadata={"help": "the YAML file (not a YAML key)"})
 
     # ----------------------------------------------------------------------------------------- stages
@@ -256,7 +165,7 @@ class ReefRecipe:
             **overrides: any `TrainingArguments` field, applied last (e.g. `bf16=False`, `use_cpu=True`).
         """
         s = self.stage(stage)
-        per_device, accumulation = _split_batch(s.batch_size, world_size, max_per_device_batch_size)
+        per_device, accumulation = split_batch(s.batch_size, world_size, max_per_device_batch_size)
         kwargs = dict(
             output_dir=os.fspath(output_dir),
             learning_rate=s.learning_rate,
@@ -291,59 +200,19 @@ class ReefRecipe:
     def trainable_parameters(self, model: nn.Module, stage: str) -> list[str]:
         """Names of the parameters of `model` that `stage` trains (the longest matching prefix decides)."""
         s = self.stage(stage)
-        rules = sorted([(p, True) for p in s.trainable] + [(p, False) for p in s.frozen], key=lambda r: -len(r[0]))
-        trained, uncovered = [], []
-        for name, _ in model.named_parameters():
-            decision = next(
-                (train for prefix, train in rules if name == prefix or name.startswith(prefix + ".")), None
-            )
-            if decision is None:
-                uncovered.append(name)
-            elif decision:
-                trained.append(name)
-        if uncovered:
-            raise ValueError(
-                f"recipe {self.name!r}, stage {stage!r}: no `trainable` or `frozen` entry covers the parameters "
-                f"{uncovered[:5]}{' ...' if len(uncovered) > 5 else ''}; add their module to one of the two lists."
-            )
-        return trained
+        return trainable_parameter_names(model, s.trainable, s.frozen, f"recipe {self.name!r}, stage {stage!r}")
 
     def apply_freezing(self, model: nn.Module, stage: str) -> list[str]:
         """Set `requires_grad` on every parameter of `model` as `stage` says; returns the trained names."""
-        trained = set(self.trainable_parameters(model, stage))
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name in trained)
-        return sorted(trained)
-
-
-def _split_batch(global_batch: int, world_size: int, max_per_device: int | None) -> tuple[int, int]:
-    """(per-device batch, gradient accumulation steps) with per_device * accumulation * world_size = global_batch."""
-    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-        raise ValueError(f"`world_size` must be an integer >= 1, got {world_size!r}.")
-    if global_batch % world_size:
-        raise ValueError(
-            f"the recipe's global batch size {global_batch} must split evenly over `world_size` = {world_size} "
-            f"processes; use a world size that divides {global_batch}."
-        )
-    per_rank = global_batch // world_size
-    if max_per_device is None:
-        return per_rank, 1
-    if not isinstance(max_per_device, int) or isinstance(max_per_device, bool) or max_per_device < 1:
-        raise ValueError(f"`max_per_device_batch_size` must be an integer >= 1 or None, got {max_per_device!r}.")
-    per_device = max(d for d in range(1, min(per_rank, max_per_device) + 1) if per_rank % d == 0)
-    return per_device, per_rank // per_device
+        return set_trainable(model, self.trainable_parameters(model, stage))
 
 
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _recipe_folder() -> Any:
-    return resources.files("videoadapt.recipes") / _RECIPE_FOLDER
-
-
 def list_recipes() -> list[str]:
     """Names of the shipped REEF recipes (`recipes/reef/<name>.yaml`), sorted."""
-    return sorted(entry.name[: -len(".yaml")] for entry in _recipe_folder().iterdir() if entry.name.endswith(".yaml"))
+    return list_shipped(_RECIPE_FOLDER)
 
 
 def load_recipe(name_or_path: str | os.PathLike) -> ReefRecipe:
@@ -353,74 +222,32 @@ def load_recipe(name_or_path: str | os.PathLike) -> ReefRecipe:
         ValueError: unknown name, missing file, bad YAML, unknown or missing keys, wrong types, out-of-range values,
             inconsistent stages or sources; the message names the file and the field.
     """
-    names = list_recipes()
-    if isinstance(name_or_path, str) and name_or_path in names:
-        resource = _recipe_folder() / f"{name_or_path}.yaml"
-        with resources.as_file(resource) as path:
-            return _load_file(Path(path))
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ValueError(
-            f"`name_or_path` must be a shipped REEF recipe ({', '.join(names)}) or a YAML file, got {name_or_path!r}."
-        )
-    return _load_file(path)
-
-
-_NESTED = {"generation": ReefGeneration, "stages": ReefStage}
+    return load_shipped(name_or_path, _RECIPE_FOLDER, "REEF", _load_file)
 
 
 def _load_file(path: Path) -> ReefRecipe:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error}).") from None
-    recipe = _build(ReefRecipe, data, path, prefix="", nested=_NESTED)
+    nested = {
+        "generation": lambda value, prefix: {"generation": build_dataclass(ReefGeneration, value, path, prefix)},
+        "stages": lambda value, prefix: _build_stages(value, path),
+    }
+    recipe = build_dataclass(ReefRecipe, read_yaml(path), path, nested=nested, derived=(*STAGES, "path"))
     recipe = dataclasses.replace(recipe, path=path)
     _check_consistency(recipe, path)
     return recipe
 
 
-def _build(cls: type, data: Any, path: Path, prefix: str, nested: Mapping[str, type] | None = None) -> Any:
-    """`cls(**data)` with every key checked: no unknown or missing keys, each value passes its field's check."""
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: {where} must be a mapping of keys to values, got {_shown(data)}.")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
-    keys = (set(fields) - {"initial", "main"}) | ({"stages"} if cls is ReefRecipe else set())
-    unknown, missing = sorted(set(data) - keys), sorted(keys - set(data))
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown key(s) {[prefix + k for k in unknown]} in {where}; allowed: {sorted(keys)}."
-        )
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {[prefix + k for k in missing]} in {where}; add them.")
-    values = {}
-    for key, value in data.items():
-        if key == "stages":
-            values.update(_build_stages(value, path))
-        elif key in (nested or {}):
-            values[key] = _build(nested[key], value, path, prefix=f"{key}.")
-        else:
-            try:
-                values[key] = fields[key].metadata["check"](value)
-            except _Invalid as error:
-                raise ValueError(f"{path}: `{prefix}{key}` must be {error}.") from None
-    return cls(**values)
-
-
 def _build_stages(data: Any, path: Path) -> dict[str, ReefStage]:
     if not isinstance(data, dict) or set(data) != set(STAGES):
-        got = sorted(data) if isinstance(data, dict) else _shown(data)
+        got = sorted(data) if isinstance(data, dict) else shown(data)
         raise ValueError(f"{path}: `stages` must be a mapping with exactly the keys {list(STAGES)}, got {got}.")
-    return {name: _build(ReefStage, data[name], path, prefix=f"stages.{name}.") for name in STAGES}
+    return {name: build_dataclass(ReefStage, data[name], path, prefix=f"stages.{name}.") for name in STAGES}
 
 
 def _check_consistency(recipe: ReefRecipe, path: Path) -> None:
     """Rules that span fields: stage order, token budget, warmup, prompt, generation, prefix lists, sources."""
 
     def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(f"{path}: {message}")
+        require(ok, path, message)
 
     need(
         recipe.initial.init_from == "base",
@@ -472,20 +299,6 @@ def _check_sources(recipe: ReefRecipe, path: Path) -> None:
     generation = [f"generation.{f.name}" for f in dataclasses.fields(ReefGeneration)]
     stage_fields = [f.name for f in dataclasses.fields(ReefStage)]
     allowed = set(top) | set(generation) | set(stage_fields) | {f"{s}.{f}" for s in STAGES for f in stage_fields}
-    unknown = sorted(set(recipe.sources) - allowed)
-    if unknown:
-        raise ValueError(
-            f"{path}: `sources` names unknown field(s) {unknown}; use a field name, 'generation.<field>', '<field>' "
-            "for both stages or '<stage>.<field>'."
-        )
     needed = top + generation + [f"{s}.{f}" for s in STAGES for f in stage_fields]
-    missing = [name for name in needed if not _has_source(recipe.sources, name)]
-    if missing:
-        raise ValueError(
-            f"{path}: `sources` gives no source for {missing}; say where each value comes from (or 'ours')."
-        )
-
-
-def _has_source(sources: Mapping[str, str], name: str) -> bool:
-    head, _, tail = name.partition(".")
-    return name in sources or (head in STAGES and tail in sources)
+    hint = "use a field name, 'generation.<field>', '<field>' for both stages or '<stage>.<field>'"
+    check_sources(path, recipe.sources, needed, allowed, STAGES, hint)

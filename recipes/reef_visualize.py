@@ -23,8 +23,18 @@ from PIL import Image, ImageDraw
 from transformers.utils import logging
 
 from videoadapt.modeling_reef import ReefVideoFeaturesOutput
-from videoadapt.processors.atomic import atomic_write
 from videoadapt.processors.video_io import load_video
+from videoadapt.recipes.visualize_utils import (
+    center,
+    check_frames,
+    check_max_new_tokens,
+    eval_mode,
+    fit_text,
+    greedy_answer,
+    grid_shape,
+    sample_array,
+    save_image,
+)
 
 
 __all__ = [
@@ -117,43 +127,7 @@ class ReefPictureLayout:
         return self._column(step), y0, self._column(step) + w, y0 + SLOT_HEIGHT
 
 
-def center(box: tuple[int, int, int, int]) -> tuple[int, int]:
-    """The (x, y) pixel at the middle of a box."""
-    return (box[0] + box[2] - 1) // 2, (box[1] + box[3] - 1) // 2
-
-
 # --------------------------------------------------------------------------------------------- inputs
-
-
-def _frames(frames: Any) -> np.ndarray:
-    array = np.asarray(frames)
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] < 1:
-        raise ValueError(
-            f"`frames` must be uint8 [T, H, W, 3] RGB with T >= 1, got {array.dtype} {tuple(array.shape)}; "
-            "pass the decoded video frames (e.g. from `load_video`)."
-        )
-    return array
-
-
-def _grid(num_patches: int, patch_grid: int | tuple[int, int] | None) -> tuple[int, int]:
-    if patch_grid is None:
-        side = round(num_patches**0.5)
-        if side * side != num_patches:
-            raise ValueError(
-                f"{num_patches} spatial tokens per frame do not form a square grid; pass `patch_grid=(rows, cols)`."
-            )
-        return side, side
-    rows, cols = (patch_grid, patch_grid) if isinstance(patch_grid, int) else tuple(patch_grid)
-    if rows * cols != num_patches:
-        raise ValueError(
-            f"`patch_grid` {(rows, cols)} has {rows * cols} cells but the features have {num_patches} spatial "
-            "tokens per frame; pass rows and cols whose product is that count."
-        )
-    return rows, cols
-
-
-def _numpy(tensor: torch.Tensor, sample: int) -> np.ndarray:
-    return tensor[sample].detach().to("cpu", torch.float32 if tensor.is_floating_point() else torch.long).numpy()
 
 
 def _sample_maps(features: ReefVideoFeaturesOutput, sample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,11 +137,11 @@ def _sample_maps(features: ReefVideoFeaturesOutput, sample: int) -> tuple[np.nda
     batch = features.spatial_relevance.shape[0]
     if not 0 <= sample < batch:
         raise ValueError(f"`sample` must be in [0, {batch - 1}] (the batch size is {batch}), got {sample}.")
-    relevance = _numpy(features.spatial_relevance, sample)  # [T, P]
+    relevance = sample_array(features.spatial_relevance, sample)  # [T, P]
     frames, patches = relevance.shape
     kept = np.ones((frames, patches), dtype=bool)  # no filtering: every token is kept
     if features.selected_indices is not None:
-        indices = _numpy(features.selected_indices, sample)  # [T, K]
+        indices = sample_array(features.selected_indices, sample)  # [T, K]
         if indices.ndim != 2 or indices.shape[0] != frames or not ((indices >= 0) & (indices < patches)).all():
             raise ValueError(
                 f"`features.selected_indices[{sample}]` must be [T = {frames}, K] patch indices in [0, {patches}), "
@@ -177,7 +151,7 @@ def _sample_maps(features: ReefVideoFeaturesOutput, sample: int) -> tuple[np.nda
         np.put_along_axis(kept, indices, True, axis=1)
     merges = np.full((frames, 1), -1, dtype=np.int64)
     if features.merged_slots is not None:
-        merges = _numpy(features.merged_slots, sample).reshape(frames, -1)  # [T] -> [T, 1]; [T, K] stays
+        merges = sample_array(features.merged_slots, sample).reshape(frames, -1)  # [T] -> [T, 1]; [T, K] stays
     return relevance, kept, merges
 
 
@@ -203,16 +177,11 @@ def _thumbnail(frame: np.ndarray, kept: np.ndarray, layout: ReefPictureLayout) -
     return Image.fromarray(dimmed.astype(np.uint8))
 
 
-def _fit(text: str, width: int) -> str:
-    limit = max(8, width // 6)  # the default font is about 6 px per character
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _draw_text(draw: ImageDraw.ImageDraw, layout: ReefPictureLayout, kept: np.ndarray, title: str | None) -> None:
     width, height = layout.size
     per_frame = kept.sum(1)
     heading = f"REEF: {int(per_frame.max())} of {kept.shape[1]} spatial tokens kept per frame"
-    draw.text((8, 6), _fit(heading if title is None else f"{heading}; {title}", width - 16), fill="black")
+    draw.text((8, 6), fit_text(heading if title is None else f"{heading}; {title}", width - 16), fill="black")
     for t in range(layout.num_frames):
         draw.text((layout.frame_box(t)[0], TOP - 14), f"t={t}", fill="black")
     rows = (
@@ -229,7 +198,7 @@ def _draw_text(draw: ImageDraw.ImageDraw, layout: ReefPictureLayout, kept: np.nd
         "merged slot: red where the slot absorbed its right neighbour after step t",
     )
     for line, legend in enumerate(legends):
-        draw.text((8, height - BOTTOM + 6 + 14 * line), _fit(legend, width - 16), fill="black")
+        draw.text((8, height - BOTTOM + 6 + 14 * line), fit_text(legend, width - 16), fill="black")
 
 
 def reef_picture(
@@ -256,14 +225,14 @@ def reef_picture(
     Returns:
         An RGB `PIL.Image` of `ReefPictureLayout.create(T, grid, S, thumb).size`.
     """
-    frames = _frames(frames)
+    frames = check_frames(frames)
     relevance, kept, merges = _sample_maps(features, sample)
     if frames.shape[0] != relevance.shape[0]:
         raise ValueError(
             f"`frames` has {frames.shape[0]} frames but the features have {relevance.shape[0]} steps; pass the "
             "frames the model read."
         )
-    grid = _grid(relevance.shape[1], patch_grid)
+    grid = grid_shape(relevance.shape[1], patch_grid)
     shares = _merge_shares(merges, num_slots)  # [T, S]
     layout = ReefPictureLayout.create(frames.shape[0], grid, shares.shape[1], thumb)
     image = Image.new("RGB", layout.size, "white")
@@ -287,11 +256,7 @@ def reef_picture(
 def save_reef_picture(frames: Any, features: ReefVideoFeaturesOutput, path: str | os.PathLike, **kwargs: Any) -> Path:
     """`reef_picture(frames, features, **kwargs)` written to `path` atomically (format from the suffix); a failed
     write leaves no partial file and any earlier file at `path` untouched. Returns `path`."""
-    image = reef_picture(frames, features, **kwargs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, image.save)
-    return path
+    return save_image(reef_picture(frames, features, **kwargs), path)
 
 
 # --------------------------------------------------------------------------------------------- end to end
@@ -309,7 +274,7 @@ class ReefVisualization:
 def _video_frames(video: Any, num_frames: int) -> np.ndarray:
     if isinstance(video, str | os.PathLike):
         return load_video(video, num_frames=num_frames)[0]
-    return _frames(video)
+    return check_frames(video)
 
 
 @torch.no_grad()
@@ -338,8 +303,7 @@ def visualize_reef(
     Returns:
         A `ReefVisualization`; the model's train/eval mode is restored afterwards.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"`max_new_tokens` must be an integer >= 0 (0 skips the answer), got {max_new_tokens!r}.")
+    check_max_new_tokens(max_new_tokens)
     if num_frames is not None and not isinstance(video, str | os.PathLike):
         raise ValueError("`num_frames` applies to a video path; pass exactly the frames to show as an array instead.")
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
@@ -348,19 +312,11 @@ def visualize_reef(
     inputs = processor(question, videos=frames)
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         features = model.get_video_features(
             inputs["pixel_values"], inputs["qformer_input_ids"], inputs["qformer_attention_mask"]
         )
-        answer = None
-        if max_new_tokens > 0:
-            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-            answer = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
-    finally:
-        model.train(was_training)
+        answer = greedy_answer(model, processor.tokenizer, inputs, max_new_tokens)
     title = f"Q: {question}" + ("" if answer is None else f"  A: {answer}")
     saved = save_reef_picture(
         frames, features, path, num_slots=model.config.memory_bank_length, thumb=thumb, title=title

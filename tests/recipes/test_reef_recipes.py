@@ -72,7 +72,7 @@ def test_one_recipe_per_table_column_ships_as_package_data():
 def test_setup_cfg_ships_the_yamls_and_declares_pyyaml():
     config = configparser.ConfigParser()
     config.read(Path(__file__).resolve().parents[2] / "setup.cfg")
-    assert config["options.package_data"]["videoadapt.recipes"].split() == ["reef/*.yaml"]
+    assert "reef/*.yaml" in config["options.package_data"]["videoadapt.recipes"].split()
     assert "pyyaml>=6" in config["options"]["install_requires"].split()
 
 
