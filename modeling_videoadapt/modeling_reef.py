@@ -97,7 +97,9 @@ class QueryMemory:
 
     def commit(self, step: QueryMemoryStep) -> None:
         for layer, states in step.records.items():
-            bank = self.banks.setdefault(layer, QueryMemoryBank(self.length, detach=self.detach))
+            if layer not in self.banks:
+                self.banks[layer] = QueryMemoryBank(self.length, detach=self.detach, record_history=False)
+            bank = self.banks[layer]
             bank.append(states)
 
 
@@ -196,8 +198,8 @@ class ReefTemporalCompression(nn.Module):
         self.scorer = RelevanceScorer(config.vision_config.hidden_size, config.relevance_hidden_size)
         self.select = PerturbedTopK(1, config.topk_num_samples, config.topk_sigma)
 
-    def forward(self, bank: VisualMemoryBank) -> None:
-        """Merge one pair of `bank` (which holds memory_bank_length + 1 slots) in place."""
+    def forward(self, bank: VisualMemoryBank) -> torch.Tensor:
+        """Merge one pair of `bank` (which holds memory_bank_length + 1 slots) in place; return the merged slot."""
         if self.alpha < 1:
             temporal = self.scorer(bank.features.mean(2))  # r_temp [B, M]
             relevance = temporal if bank.mode == "frame" else temporal[..., None]
@@ -205,9 +207,8 @@ class ReefTemporalCompression(nn.Module):
         else:
             scores = merge_scores(bank.features, bank.relevance, 1.0, bank.mode)  # the cosine term alone
         if self.training and self.soft:
-            bank.compress(probabilities=self.select(scores.movedim(1, -1)).indicators[..., 0, :].movedim(-1, 1))
-        else:
-            bank.compress(merge_index=scores.argmax(1))
+            return bank.compress(probabilities=self.select(scores.movedim(1, -1)).indicators[..., 0, :].movedim(-1, 1))
+        return bank.compress(merge_index=scores.argmax(1))
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -278,8 +279,12 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
         if config.query_memory_bank:
             query_memory = QueryMemory(config.memory_bank_length, qformer_mask.bool(), config.detach_memory)
         granularity = config.resolved_merge_granularity
-        bank = VisualMemoryBank(config.memory_bank_length, config.alpha, granularity, detach=config.detach_memory)
-        selected, spatial, merges = [], [], []
+        bank = VisualMemoryBank(
+            config.memory_bank_length, config.alpha, granularity, detach=config.detach_memory, record_history=False
+        )
+        # per-frame outputs are written into tensors allocated once: thousands of small per-step tensors would
+        # fragment the CPU heap between the steps' large temporaries and let memory grow with the video's length
+        selected = spatial = merges = None
         for t in range(frames):
             step = None if query_memory is None else query_memory.step()
             vision = self.vision_model(
@@ -287,6 +292,12 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
             )
             frame = self.frame_position_embedding(vision.last_hidden_state, t)  # [B, 1+P, C]
             kept, kept_relevance, frame_relevance, indices = self.spatial_filter(frame)  # kept [B, K, C]
+            if spatial is None:
+                spatial = frame_relevance.new_empty(batch, frames, frame_relevance.shape[1])
+                merge_shape = (batch, frames) if granularity == "frame" else (batch, frames, kept.shape[1])
+                merges = torch.full(merge_shape, -1, dtype=torch.long, device=device)
+                if indices is not None:
+                    selected = indices.new_empty(batch, frames, indices.shape[1])
             memory = bank.context(kept)  # the bank's slots, then the current frame: [B, (M+1)*K, C]
             qformer_outputs = self.qformer(
                 input_ids=qformer_input_ids,
@@ -297,28 +308,24 @@ class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
                 reef_query_memory=step,
                 **kwargs,
             )
-            merged = None
             if t < frames - 1:  # after the last step the banks are dropped, as in MA-LMM
                 if query_memory is not None:
                     query_memory.commit(step)
                 bank.append(kept, kept_relevance, compress=False)
                 if len(bank) > config.memory_bank_length:
-                    self.temporal_compression(bank)
-                merged = bank.merge_history[-1]
-            shape = (batch,) if granularity == "frame" else (batch, kept.shape[1])
-            merges.append(torch.full(shape, -1, device=device) if merged is None else merged)
-            spatial.append(frame_relevance.detach())
-            if indices is not None:
-                selected.append(indices)
+                    merges[:, t] = self.temporal_compression(bank)
+            spatial[:, t] = frame_relevance.detach()
+            if selected is not None:
+                selected[:, t] = indices
         query_output = qformer_outputs.last_hidden_state[:, : queries.shape[1]]
         return ReefVideoFeaturesOutput(
             last_hidden_state=vision.last_hidden_state,
             pooler_output=self.language_projection(query_output),
             vision_outputs=vision,
             qformer_outputs=qformer_outputs,
-            selected_indices=torch.stack(selected, 1) if selected else None,
-            spatial_relevance=torch.stack(spatial, 1),
-            merged_slots=torch.stack(merges, 1),
+            selected_indices=selected,
+            spatial_relevance=spatial,
+            merged_slots=merges,
         )
 
     @torch.no_grad()

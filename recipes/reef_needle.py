@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from videoadapt.callbacks import perturbed_topk_modules
 from videoadapt.configuration.configuration_reef import ReefConfig
 from videoadapt.modeling_reef import ReefForConditionalGeneration
 from videoadapt.testing.tiny_models import build_qformer_tokenizer, build_tiny_tokenizer
@@ -36,16 +38,22 @@ class NeedleSettings:
     frames: int = 20
     train_videos: int = 256
     test_videos: int = 128
-    steps: int = 300
+    initial_steps: int = 0  # > 0: first train the all-token model this long and start REEF from it (REEF's recipes)
+    steps: int = 800
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 1e-3
     keep_fraction: float = 0.25
     memory_bank_length: int = 10
     alpha: float = 0.7
-    topk_num_samples: int = 100
-    topk_sigma: float = 0.05
+    topk_num_samples: int = 500
+    # A from-scratch scorer over 16 tokens needs exploration: with min-max scores in [0, 1], sigma = 0.05 almost never
+    # lets a low-ranked needle into a noisy top-K, so it gets no gradient. sigma starts at 1 and anneals linearly to 0.
+    topk_sigma: float = 1.0
+    final_sigma: float = 0.05  # annealing floor: the estimator's variance grows as 1 / sigma
+    init_std: float | None = None  # None: 1 / sqrt(width)
     vision_layers: int = 0  # patch embedding only: a token carries its own patch and nothing else
     seed: int = 0
+    progress: bool = False
 
 
 def make_needle_videos(count: int, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,24 +79,32 @@ def make_needle_videos(count: int, frames: int, seed: int) -> tuple[np.ndarray, 
     return np.clip(videos, 0, 255).astype(np.uint8), labels, cells
 
 
-def _model(settings: NeedleSettings, keep: int | None, tokenizer) -> ReefForConditionalGeneration:
+def _model(
+    settings: NeedleSettings, keep: int | None, tokenizer, alpha: float, detach: bool
+) -> ReefForConditionalGeneration:
     width = 32
+    # std 1/sqrt(width) (Xavier-like) instead of BERT's 0.02, which is made for widths near 768: at width 32 a chain of
+    # 0.02-initialised layers leaves the visual path's gradients near 1e-7 and training sits on long plateaus
+    init = settings.init_std if settings.init_std else width**-0.5
     config = ReefConfig(
         vision_config=dict(image_size=IMAGE, patch_size=PATCH, hidden_size=width, intermediate_size=64,
-                           num_hidden_layers=settings.vision_layers, num_attention_heads=4, initializer_range=0.02),
+                           num_hidden_layers=settings.vision_layers, num_attention_heads=4, initializer_range=init),
         qformer_config=dict(hidden_size=width, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            vocab_size=256, max_position_embeddings=64, pad_token_id=0),
+                            vocab_size=256, max_position_embeddings=64, pad_token_id=0, initializer_range=init),
         text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        num_query_tokens=4, video_token_index=tokenizer.video_token_id, num_frames=settings.frames,
+                         eos_token_id=tokenizer.eos_token_id, initializer_range=init),
+        num_query_tokens=4, video_token_index=tokenizer.video_token_id, initializer_range=init, num_frames=settings.frames,
         max_num_frames=max(settings.frames, 20), memory_bank_length=settings.memory_bank_length,
-        alpha=settings.alpha, num_selected_tokens=keep, keep_cls_token=False,
+        alpha=alpha, num_selected_tokens=keep, keep_cls_token=False, detach_memory=detach,
         topk_num_samples=settings.topk_num_samples, topk_sigma=settings.topk_sigma,
     )  # fmt: skip
     torch.manual_seed(settings.seed)
-    return ReefForConditionalGeneration(config)
+    model = ReefForConditionalGeneration(config)
+    with torch.no_grad():  # BLIP-2's init: InstructBLIP's zero query tokens only make sense for pre-trained weights
+        model.query_tokens.normal_(0.0, config.qformer_config.initializer_range)
+    return model
 
 
 def _pixels(videos: np.ndarray) -> torch.Tensor:
@@ -98,67 +114,93 @@ def _pixels(videos: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _train_and_evaluate(settings: NeedleSettings, keep: int | None, data, tokenizer, qformer_tokenizer) -> dict:
-    (train_x, train_y, _), (test_x, test_y, test_cells) = data
-    model = _model(settings, keep, tokenizer)
-    label_ids = torch.tensor([tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in COLORS])
-    prompt = tokenizer(" " + QUESTION).input_ids
-    ids = torch.tensor([[tokenizer.video_token_id] * 4 + prompt])
-    q = qformer_tokenizer([QUESTION], return_tensors="pt")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(settings.seed)
-    topk_modules = [m for m in model.modules() if hasattr(m, "sigma_max")]
-    model.train()
-    for step in range(settings.steps):
-        for module in topk_modules:  # linear annealing of sigma to 0, as the reference code
-            module.sigma = module.sigma_max * (1 - step / settings.steps)
-        rows = torch.randint(0, len(train_y), (settings.batch_size,), generator=generator)
-        batch = len(rows)
-        logits = model(
-            pixel_values=_pixels(train_x[rows.numpy()]), qformer_input_ids=q.input_ids.expand(batch, -1),
-            input_ids=ids.expand(batch, -1),
-        ).logits[:, -1, label_ids]  # fmt: skip
-        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(train_y[rows.numpy()]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0:
-            logger.info(f"keep={keep} step {step}: loss {loss.item():.3f}")
-    model.eval()
-    correct, hits, needle_frames = 0, 0, 0
-    with torch.no_grad():
+class _Task:
+    """Training and evaluation on the needle data: the answer is the label token with the highest logit of the 4."""
+
+    def __init__(self, settings: NeedleSettings, data, tokenizer, qformer_tokenizer):
+        self.settings, self.data = settings, data
+        self.label_ids = torch.tensor(
+            [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in COLORS]
+        )
+        self.ids = torch.tensor([[tokenizer.video_token_id] * 4 + tokenizer(" " + QUESTION).input_ids])
+        self.qformer_ids = qformer_tokenizer([QUESTION], return_tensors="pt").input_ids
+
+    def _logits(self, model, videos: np.ndarray) -> tuple[torch.Tensor, dict]:
+        batch = len(videos)
+        inputs = dict(pixel_values=_pixels(videos), qformer_input_ids=self.qformer_ids.expand(batch, -1))
+        return model(**inputs, input_ids=self.ids.expand(batch, -1)).logits[:, -1, self.label_ids], inputs
+
+    def train(self, model, steps: int, name: str) -> None:
+        """AdamW on every parameter; sigma of every perturbed top-K annealed linearly to 0 over the stage."""
+        (train_x, train_y, _), _ = self.data
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.lr, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        topk_modules = perturbed_topk_modules(model)
+        model.train()
+        for step in tqdm(range(steps), desc=name, disable=not self.settings.progress):
+            for module in topk_modules:  # linear annealing, as SigmaAnnealingCallback, floored at final_sigma
+                module.sigma = max(self.settings.final_sigma, module.sigma_max * (1 - step / steps))
+            rows = torch.randint(0, len(train_y), (self.settings.batch_size,), generator=generator).numpy()
+            logits, _ = self._logits(model, train_x[rows])
+            loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(train_y[rows]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % 100 == 0:
+                logger.info(f"{name} step {step}: loss {loss.item():.3f}")
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        """Accuracy, and the share of needle frames whose needle cell is among the kept tokens (hard top-K)."""
+        _, (test_x, test_y, test_cells) = self.data
+        model.eval()
+        correct, hits, needle_frames = 0, 0, 0
         for start in range(0, len(test_y), 32):
             chunk = slice(start, start + 32)
-            pixels = _pixels(test_x[chunk])
-            batch = len(pixels)
-            inputs = dict(pixel_values=pixels, qformer_input_ids=q.input_ids.expand(batch, -1))
-            features = model.get_video_features(**inputs)
-            logits = model(**inputs, input_ids=ids.expand(batch, -1)).logits[:, -1, label_ids]
+            logits, inputs = self._logits(model, test_x[chunk])
             correct += int((logits.argmax(-1).numpy() == test_y[chunk]).sum())
-            if features.selected_indices is not None:
-                cells = torch.as_tensor(test_cells[chunk])  # [b, T]
+            selected = model.get_video_features(**inputs).selected_indices
+            if selected is not None:
+                cells = torch.as_tensor(test_cells[chunk])  # [b, T], -1 where the frame has no needle
                 present = cells >= 0
-                kept = (features.selected_indices == cells[..., None]).any(-1)
-                hits += int(kept[present].sum())
+                hits += int((selected == cells[..., None]).any(-1)[present].sum())
                 needle_frames += int(present.sum())
-    return {"accuracy": correct / len(test_y), "needle_recall": hits / needle_frames if needle_frames else math.nan}
+        return {
+            "accuracy": correct / len(test_y),
+            "needle_recall": hits / needle_frames if needle_frames else math.nan,
+        }
 
 
-def run_needle(settings: NeedleSettings | None = None) -> dict:
-    """Train REEF keeping `keep_fraction` of the tokens and keeping all; return accuracies and needle recall."""
+def run_needle(settings: NeedleSettings | None = None, all_tokens: bool = True) -> dict:
+    """REEF keeping `keep_fraction` of the tokens (alpha 0.7, perturbed top-K, sigma annealed) against the
+    MA-LMM-equivalent model keeping all tokens (alpha 1), with equal steps and data.
+
+    With `initial_steps` > 0, both start from an all-token model trained that long (REEF's initial stage).
+    """
     settings = settings or NeedleSettings()
     tokenizer, qformer_tokenizer = build_tiny_tokenizer(), build_qformer_tokenizer()
     data = (
         make_needle_videos(settings.train_videos, settings.frames, settings.seed),
         make_needle_videos(settings.test_videos, settings.frames, settings.seed + 1),
     )
+    task = _Task(settings, data, tokenizer, qformer_tokenizer)
     keep = max(1, round(settings.keep_fraction * (IMAGE // PATCH) ** 2))
-    topk = _train_and_evaluate(settings, keep, data, tokenizer, qformer_tokenizer)
-    full = _train_and_evaluate(settings, None, data, tokenizer, qformer_tokenizer)
+    initial = _model(settings, None, tokenizer, alpha=1.0, detach=True)  # MA-LMM: detached banks, hard merges
+    reef = _model(settings, keep, tokenizer, alpha=settings.alpha, detach=False)
+    if settings.initial_steps:
+        task.train(initial, settings.initial_steps, "initial stage (all tokens)")
+        reef.load_state_dict(initial.state_dict())
+    task.train(reef, settings.steps, f"REEF (top-{keep})")
+    topk = task.evaluate(reef)
+    full = None
+    if all_tokens:
+        task.train(initial, settings.steps, "all tokens")
+        full = task.evaluate(initial)
     return {
         "acc_topk25": topk["accuracy"],
-        "acc_all_tokens": full["accuracy"],
+        "acc_all_tokens": full["accuracy"] if full else None,
         "needle_recall": topk["needle_recall"],
         "kept_tokens": keep,
+        "initial_steps": settings.initial_steps,
         "steps": settings.steps,
     }

@@ -243,9 +243,18 @@ class MemoryBank:
         mode: "position" or "frame" (see the module docstring).
         detach: store states and relevance without autograd history (MA-LMM); False keeps it, so that a training
             loss reaches what produced them (the bank then holds the graph of the steps it stores).
+        record_history: keep `merge_history` (one small tensor per step: over thousands of steps these fragment the
+            CPU heap between large temporaries; long online loops turn it off and use `compress`'s return value).
     """
 
-    def __init__(self, max_length: int, alpha: float = 1.0, mode: MergeMode = "position", detach: bool = True) -> None:
+    def __init__(
+        self,
+        max_length: int,
+        alpha: float = 1.0,
+        mode: MergeMode = "position",
+        detach: bool = True,
+        record_history: bool = True,
+    ) -> None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(
                 f"`max_length` must be an int >= 1 (the slots the bank keeps), got {max_length!r}; a model without a "
@@ -253,6 +262,7 @@ class MemoryBank:
             )
         _check_alpha_mode(alpha, mode)
         self.max_length, self.alpha, self.mode, self.detach = max_length, alpha, mode, detach
+        self.record_history = record_history
         self.reset()
 
     def reset(self) -> None:
@@ -316,15 +326,19 @@ class MemoryBank:
         else:
             old = (self.features, self.sizes, self.relevance)
             self.features, self.sizes, self.relevance = (torch.cat([a, b], dim=1) for a, b in zip(old, step))
-        self.merge_history.append(None)  # replaced by the merge below, if any
+        if self.record_history:
+            self.merge_history.append(None)  # replaced by the merge below, if any
         if len(self) > self.max_length and compress:
             self.compress(merge_index)
 
-    def compress(self, merge_index: torch.Tensor | None = None, probabilities: torch.Tensor | None = None) -> None:
+    def compress(
+        self, merge_index: torch.Tensor | None = None, probabilities: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Merge one adjacent pair now: `merge_index` (long [B] or [B, N]), or in expectation over `probabilities`
         (float [B, T-1] in mode "frame", [B, T-1, N] in mode "position"), or the bank's own best-scoring pair.
 
-        The chosen index (the most probable pair when soft) replaces this step's `merge_history` entry.
+        Returns the chosen index (the most probable pair when soft), which also replaces this step's `merge_history`
+        entry.
         """
         if len(self) < 2:
             raise ValueError(f"`compress` needs at least 2 slots, the bank holds {len(self)}.")
@@ -343,8 +357,9 @@ class MemoryBank:
                 merge_index = merge_scores(self.features, self.relevance, self.alpha, self.mode).argmax(dim=1)
             merged = _merge_bank(self.features, self.sizes, self.relevance, merge_index)
         self.features, self.sizes, self.relevance = merged
-        if self.merge_history:
+        if self.record_history and self.merge_history:
             self.merge_history[-1] = merge_index
+        return merge_index
 
 
 class VisualMemoryBank(MemoryBank):
@@ -353,8 +368,15 @@ class VisualMemoryBank(MemoryBank):
     Defaults: alpha 0.7 (the supplement's most common value) and mode "frame" (for top-K filtered tokens).
     """
 
-    def __init__(self, max_length: int, alpha: float = 0.7, mode: MergeMode = "frame", detach: bool = True) -> None:
-        super().__init__(max_length, alpha, mode, detach)
+    def __init__(
+        self,
+        max_length: int,
+        alpha: float = 0.7,
+        mode: MergeMode = "frame",
+        detach: bool = True,
+        record_history: bool = True,
+    ) -> None:
+        super().__init__(max_length, alpha, mode, detach, record_history)
 
     def context(self, current: torch.Tensor) -> torch.Tensor:
         """Cross-attention memory: the bank then the current frame [B, N, C] (gradients kept) -> [B, (T+1)*N, C]."""
