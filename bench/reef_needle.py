@@ -3,7 +3,7 @@
     python bench/reef_needle.py [--steps 400] [--train-videos 512] [--test-videos 256] [--seed 0]
 
 Synthetic 20-frame videos (noisy grey frames with faint distractors); a small coloured square aligned to one of the
-16 patch cells appears in only 2-3 frames at random positions, and the question asks for its colour (4 labels). A
+16 patch cells appears in only 2-3 frames at random positions, and the question asks for its colour (4 colours, or "no" in a fifth of the videos, which have no square). A
 tiny REEF (random init, nothing downloaded) is trained twice with equal steps and data: keeping 4 of 16 spatial
 tokens (25%) and keeping all. Bar: `acc_topk25` within 5 points of `acc_all_tokens`, and the needle's cell among the
 kept tokens in >= 90% of needle frames at inference (`needle_recall`). The last line is JSON.

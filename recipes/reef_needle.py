@@ -2,9 +2,9 @@
 
 Synthetic videos of `frames` frames: a noisy grey background with faint distractor blobs, and a small coloured
 square (the needle) aligned to one patch cell, visible in only 2-3 frames at random positions. The question asks for
-the needle's colour (4 labels). A tiny REEF (random init, built here, nothing downloaded) is trained on it twice with
+the needle's colour (4 colours, or "no" when the video has no square: 5 labels). A tiny REEF (random init, built here, nothing downloaded) is trained on it twice with
 equal steps and data: keeping 25% of the spatial tokens, and keeping all of them. Reported: both accuracies (the
-answer is the label token with the highest logit among the 4) and the needle recall of the spatial top-K (the share
+answer is the label token with the highest logit among the 5) and the needle recall of the spatial top-K (the share
 of needle frames whose needle cell is among the kept tokens, at inference).
 
 `bench/reef_needle.py` runs the full version; the test suite runs a short one.
@@ -29,6 +29,9 @@ __all__ = ["NeedleSettings", "make_needle_videos", "run_needle"]
 logger = logging.get_logger(__name__)
 
 COLORS = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230), "yellow": (235, 220, 30)}
+# A fifth answer, "no" (no square in the video), so that no colour can be answered by elimination: without it a
+# model may learn three colours and answer the fourth when it finds none, and never needs to keep that needle.
+LABELS = (*COLORS, "no")
 IMAGE, PATCH = 32, 8  # 4 x 4 = 16 spatial tokens per frame
 QUESTION = "what color is the square?"
 
@@ -66,10 +69,12 @@ def make_needle_videos(count: int, frames: int, seed: int) -> tuple[np.ndarray, 
         for t in range(frames):
             y, x = blobs[i, t]
             videos[i, t, y : y + 4, x : x + 4] += rng.choice([-40, 40])
-    labels = rng.integers(0, len(COLORS), size=count)
+    labels = rng.integers(0, len(LABELS), size=count)  # label len(COLORS): no needle
     cells = np.full((count, frames), -1)
     palette = np.array(list(COLORS.values()), dtype=np.float64)
     for i in range(count):
+        if labels[i] == len(COLORS):
+            continue
         shown = rng.choice(frames, size=rng.integers(2, 4), replace=False)
         for t in shown:
             cell = rng.integers(0, grid * grid)
@@ -115,12 +120,12 @@ def _pixels(videos: np.ndarray) -> torch.Tensor:
 
 
 class _Task:
-    """Training and evaluation on the needle data: the answer is the label token with the highest logit of the 4."""
+    """Training and evaluation on the needle data: the answer is the label token with the highest logit of the 5."""
 
     def __init__(self, settings: NeedleSettings, data, tokenizer, qformer_tokenizer):
         self.settings, self.data = settings, data
         self.label_ids = torch.tensor(
-            [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in COLORS]
+            [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in LABELS]
         )
         self.ids = torch.tensor([[tokenizer.video_token_id] * 4 + tokenizer(" " + QUESTION).input_ids])
         self.qformer_ids = qformer_tokenizer([QUESTION], return_tensors="pt").input_ids

@@ -10,7 +10,8 @@ def test_needle_videos_hold_the_answer_in_two_or_three_frames():
     videos, labels, cells = make_needle_videos(16, 8, seed=3)
     assert videos.shape == (16, 8, IMAGE, IMAGE, 3) and videos.dtype == np.uint8
     shown = (cells >= 0).sum(1)
-    assert shown.min() >= 2 and shown.max() <= 3 and set(labels) <= {0, 1, 2, 3}
+    assert set(labels) <= {0, 1, 2, 3, 4} and (shown[labels == 4] == 0).all()  # label 4: "no" square
+    assert shown[labels < 4].min() >= 2 and shown[labels < 4].max() <= 3
     i, t = np.argwhere(cells >= 0)[0]
     y, x = divmod(int(cells[i, t]), IMAGE // PATCH)
     patch = videos[i, t, y * PATCH : (y + 1) * PATCH, x * PATCH : (x + 1) * PATCH].reshape(-1, 3)
@@ -20,9 +21,9 @@ def test_needle_videos_hold_the_answer_in_two_or_three_frames():
 
 
 def test_reef_top_k_learns_to_keep_the_needle():
-    settings = NeedleSettings(frames=8, memory_bank_length=4, train_videos=256, test_videos=64, steps=600, seed=2)
+    settings = NeedleSettings(frames=8, memory_bank_length=4, train_videos=512, test_videos=128, steps=800, seed=1)
     result = run_needle(settings, all_tokens=False)
-    # chance: accuracy 0.25, needle recall 4/16 = 0.25 for a random top-K. Over seeds 0-3 (800 steps) the full
-    # settings gave accuracy 0.99-1.0 and recall 0.66-1.0; the bars leave room for float differences between CPUs.
-    assert result["acc_topk25"] >= 0.9, result
+    # chance: accuracy 0.2, needle recall 4/16 = 0.25 for a random top-K. Over seeds 0-3 these settings gave
+    # accuracy 0.78-0.81 and recall 0.73-0.89; the bars leave room for float differences between CPUs.
+    assert result["acc_topk25"] >= 0.6, result
     assert result["needle_recall"] >= 0.6, result
