@@ -34,7 +34,8 @@ from transformers.models.instructblipvideo.modeling_instructblipvideo import (
 )
 
 from videoadapt.configuration.configuration_reef import ReefConfig
-from videoadapt.layers.memory_bank import QueryMemoryBank, VisualMemoryBank, merge_scores
+from videoadapt.layers.memory_bank import QueryMemoryBank, VisualMemoryBank
+from videoadapt.layers.memory_merge import merge_scores
 from videoadapt.layers.perturbed_topk import PerturbedTopK
 from videoadapt.layers.relevance_scorer import RelevanceScorer
 

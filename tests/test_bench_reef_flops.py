@@ -109,7 +109,8 @@ def test_quick_report_keys_and_values(bench, report):
     for peaks in result["peak_mem_mib"].values():
         assert set(peaks) == {"process", "tensors"} and min(peaks.values()) >= 0
     # live tensors: activations of one step plus a few per-frame outputs; 4x the frames stays far below 4x the peak
-    assert 1 <= result["memory_ratio_1000_vs_20_tensors"] < 1.5 and result["memory_ratio_1000_vs_20"] >= 0
+    assert 1 <= result["memory_ratio_1000_vs_20_tensors"] < 1.5
+    assert isinstance(result["memory_ratio_1000_vs_20"], float)  # the process metric is not meaningful in-process
     assert result["topk_rows"] == 8 and all(t > 0 for t in result["topk_time_ms"].values())
     assert result["topk_speedup"] > 0 and result["topk_memory_ratio"] >= 0  # in-process at 8 rows: may reuse freed
     assert result["topk_max_abs_diff_y"] < 1e-6 and result["topk_max_abs_diff_grad"] < 1e-5  # same layer output

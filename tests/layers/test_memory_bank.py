@@ -1,4 +1,4 @@
-"""Memory banks: MA-LMM's compression and REEF's relevance-aware compression against literal loops, the online
+"""Memory banks and merges (layers/memory_bank.py, layers/memory_merge.py): MA-LMM's compression and REEF's relevance-aware compression against literal loops, the online
 containers' invariants (length, sizes, detached storage, preserved means, contiguous spans), and errors."""
 
 import math
@@ -7,14 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videoadapt.layers.memory_bank import (
-    MemoryBank,
-    QueryMemoryBank,
-    VisualMemoryBank,
-    _merge_bank,
+from videoadapt.layers.memory_bank import MemoryBank, QueryMemoryBank, VisualMemoryBank
+from videoadapt.layers.memory_merge import (
     expected_merge,
     ma_lmm_compress,
     merge_adjacent,
+    merge_bank,
     relevance_compress,
 )
 
@@ -428,7 +426,7 @@ def _expected_merge_reference(features, sizes, relevance, probabilities, mode):
     out = None
     for t in range(features.shape[1] - 1):
         index = torch.full(probabilities.shape[:1] + probabilities.shape[2:], t)
-        hard = _merge_bank(features, sizes, relevance, index)
+        hard = merge_bank(features, sizes, relevance, index)
         p = probabilities[:, t]
         weighted = [p.view(*p.shape, *([1] * (h.dim() - p.dim() - 1))).unsqueeze(1) * h for h in hard]
         out = weighted if out is None else [a + b for a, b in zip(out, weighted)]
