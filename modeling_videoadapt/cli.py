@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import videoadapt
 from videoadapt._auto import AUTO_MODEL_CLASSES, ModelRow
@@ -114,19 +115,24 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     dynfocus.set_defaults(func=_cmd_visualize_dynfocus)
 
 
-def _cmd_visualize_reef(args: argparse.Namespace) -> int:
+def _load_model_and_processor(args: argparse.Namespace, model_class: type) -> tuple[Any, Any]:
+    """The model (on `args.device`, default cuda if available) and processor saved in `args.model_dir`."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(args.model_dir).to(device)
+    if not isinstance(model, model_class):
+        raise ValueError(f"{args.model_dir} holds {type(model).__name__}, not {model_class.__name__}.")
+    return model, AutoProcessor.from_pretrained(args.model_dir)
+
+
+def _cmd_visualize_reef(args: argparse.Namespace) -> int:
     from videoadapt.modeling_reef import ReefForConditionalGeneration
     from videoadapt.recipes.reef_visualize import visualize_reef
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = AutoModelForImageTextToText.from_pretrained(args.model_dir).to(device)
-        if not isinstance(model, ReefForConditionalGeneration):
-            raise ValueError(f"{args.model_dir} holds {type(model).__name__}, not ReefForConditionalGeneration.")
-        processor = AutoProcessor.from_pretrained(args.model_dir)
+        model, processor = _load_model_and_processor(args, ReefForConditionalGeneration)
         result = visualize_reef(
             model, processor, args.video, args.question, args.out,
             num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
@@ -148,18 +154,11 @@ def _nonnegative_int(text: str) -> int:
 
 
 def _cmd_visualize_dynfocus(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
     from videoadapt.recipes.dynfocus_visualize import visualize_dynfocus
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = AutoModelForImageTextToText.from_pretrained(args.model_dir).to(device)
-        if not isinstance(model, DynFocusForConditionalGeneration):
-            raise ValueError(f"{args.model_dir} holds {type(model).__name__}, not DynFocusForConditionalGeneration.")
-        processor = AutoProcessor.from_pretrained(args.model_dir)
+        model, processor = _load_model_and_processor(args, DynFocusForConditionalGeneration)
         result = visualize_dynfocus(
             model, processor, args.video, args.question, args.out,
             frame=args.frame, max_new_tokens=args.max_new_tokens, columns=args.columns,
