@@ -44,7 +44,8 @@ from collections.abc import Callable
 
 import torch
 
-from videoadapt.layers.dpc_knn import dpc_knn, multi_level_prototypes
+from videoadapt.layers.dpc_knn import dpc_knn
+from videoadapt.layers.dpc_prototypes import multi_level_prototypes
 
 
 LEVELS, KS = (16, 6), (8, 3)  # DynFocus `Merger`: 256 -> 16 (k = 8) -> 6 (k = 3)

@@ -27,7 +27,8 @@ from transformers.models.instructblipvideo.modeling_instructblipvideo import (
 )
 
 from videoadapt.configuration.configuration_dynfocus import DynFocusConfig
-from videoadapt.layers.dpc_knn import dpc_knn, merge_clusters, multi_level_prototypes, prototype_weights
+from videoadapt.layers.dpc_knn import dpc_knn
+from videoadapt.layers.dpc_prototypes import merge_clusters, multi_level_prototypes, prototype_weights
 from videoadapt.layers.perturbed_topk import PerturbedTopK, hard_topk
 from videoadapt.layers.relevance_scorer import min_max_normalize
 

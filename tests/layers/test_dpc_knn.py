@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from videoadapt.layers.dpc_knn import (
+from videoadapt.layers.dpc_knn import dpc_knn
+from videoadapt.layers.dpc_prototypes import (
     density_weights,
-    dpc_knn,
     merge_clusters,
     multi_level_prototypes,
     prototype_weights,
