@@ -24,7 +24,7 @@ from videoadapt.modeling_reef import ReefForConditionalGeneration
 from videoadapt.testing.tiny_models import build_qformer_tokenizer, build_tiny_tokenizer
 
 
-__all__ = ["NeedleSettings", "make_needle_videos", "run_needle"]
+__all__ = ["NeedleSettings", "clip_pixels", "make_needle_videos", "run_needle"]
 
 logger = logging.get_logger(__name__)
 
@@ -112,7 +112,8 @@ def _model(
     return model
 
 
-def _pixels(videos: np.ndarray) -> torch.Tensor:
+def clip_pixels(videos: np.ndarray) -> torch.Tensor:
+    """uint8 videos [B, T, S, S, 3] -> CLIP-normalised float pixels [B, T, 3, S, S]."""
     x = torch.from_numpy(videos).float().div(255).permute(0, 1, 4, 2, 3)  # [B, T, 3, S, S]
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
@@ -132,7 +133,7 @@ class _Task:
 
     def _logits(self, model, videos: np.ndarray) -> tuple[torch.Tensor, dict]:
         batch = len(videos)
-        inputs = dict(pixel_values=_pixels(videos), qformer_input_ids=self.qformer_ids.expand(batch, -1))
+        inputs = dict(pixel_values=clip_pixels(videos), qformer_input_ids=self.qformer_ids.expand(batch, -1))
         return model(**inputs, input_ids=self.ids.expand(batch, -1)).logits[:, -1, self.label_ids], inputs
 
     def train(self, model, steps: int, name: str) -> None:
