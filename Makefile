@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e ".[dev]" $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[dev,avs]" $(TORCH_PIN)
 	touch $@
 
 install: $(VENV)/.installed

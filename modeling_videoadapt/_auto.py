@@ -64,9 +64,11 @@ class ModelRow:
 
 
 def _rows() -> tuple[ModelRow, ...]:
+    from videoadapt.configuration.configuration_compact import CompactConfig
     from videoadapt.configuration.configuration_dynfocus import DynFocusConfig
     from videoadapt.configuration.configuration_pave import PaveConfig, PaveLlavaNextVideoConfig, PaveVideoLlavaConfig
     from videoadapt.configuration.configuration_reef import ReefConfig
+    from videoadapt.modeling_compact import CompactForConditionalGeneration, CompactModel
     from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
     from videoadapt.modeling_pave import (
         PaveForConditionalGeneration,
@@ -77,6 +79,7 @@ def _rows() -> tuple[ModelRow, ...]:
         PaveVideoLlavaModel,
     )
     from videoadapt.modeling_reef import ReefForConditionalGeneration
+    from videoadapt.processors.processing_compact import CompactProcessor
     from videoadapt.processors.processing_dynfocus import DynFocusProcessor
     from videoadapt.processors.processing_pave import PaveProcessor
     from videoadapt.processors.processing_reef import ReefProcessor
@@ -127,10 +130,23 @@ def _rows() -> tuple[ModelRow, ...]:
             processor_class=DynFocusProcessor,
             weights_like="instructblipvideo",
         ),
+        # Compact keeps OneVision's weight names (plus `model.compressor`). The headless class is registered too: its
+        # class name must carry OneVision's headless key conversions, or legacy OneVision keys are renamed twice.
+        ModelRow(
+            "videoadapt_compact",
+            CompactConfig,
+            {
+                "AutoModel": CompactModel,
+                "AutoModelForImageTextToText": CompactForConditionalGeneration,
+                "AutoModelForMultimodalLM": CompactForConditionalGeneration,
+            },
+            processor_class=CompactProcessor,
+            weights_like="llava_onevision",
+        ),
     )
 
 
-# One row per model type (PAVE on three base families, REEF, DynFocus; Compact follows).
+# One row per model type (PAVE on three base families, REEF, DynFocus, Compact).
 REGISTRY: tuple[ModelRow, ...] = _rows()
 
 _registered: list[ModelRow] = []

@@ -2,7 +2,10 @@
 
 The `<video>` placeholder expands to exactly the tokens DynFocus produces for the video's T frames: 2 per frame plus
 P + I = 38 per key frame, K = ceil(K/L * min(L, T)) key frames (`dynfocus_video_tokens`). Videos in one batch must
-have the same number of frames (the model selects the same K for each).
+have the same number of frames (the model selects the same K for each). The `sampler` option replaces the 1 fps grid:
+"fps" (default), "avs" (Compact's adaptive sampler, min(32, max_frames) frames), a dict {"type": name, **arguments}
+(e.g. {"type": "uniform", "num_frames": 16}) or a `FrameSampler`; `return_timestamps=True` adds "video_timestamps" (pop it before
+calling the model).
 
 Shape legend: B videos, T frames, S frame side.
 """
@@ -15,6 +18,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from videoadapt.configuration.configuration_dynfocus import dynfocus_video_tokens
+from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FpsSampler
 from videoadapt.processors.video_io import load_video
@@ -33,6 +37,7 @@ class DynFocusProcessor(ProcessorMixin):
         fps: sampling rate of video paths (1 fps in the paper).
         max_frames: at most this many frames (uniform over the fps grid beyond it).
         token_budget: `DynFocusConfig.token_budget()` (events, keep ratio, fine tokens per key frame, key-frame rods).
+        sampler: "fps", "avs", a dict {"type": name, **arguments} or a `FrameSampler` (saved as its dict).
     """
 
     def __init__(
@@ -44,8 +49,15 @@ class DynFocusProcessor(ProcessorMixin):
         max_frames: int = 2000,
         token_budget: dict | None = None,
         chat_template: str | None = None,
+        sampler: Any = "fps",
     ):
-        self.sampler = FpsSampler(fps, max_frames)  # validates both
+        FpsSampler(fps, max_frames)  # validates both
+        self.sampler = make_sampler(sampler, fps=fps, max_frames=max_frames)
+        count = getattr(self.sampler, "budget", getattr(self.sampler, "num_frames", None))
+        if count is not None and count > max_frames:
+            raise ValueError(
+                f"`sampler` takes {count} frames but `max_frames` is {max_frames}; lower its budget or raise `max_frames`."
+            )
         self.fps, self.max_frames = fps, max_frames
         self.token_budget = dict(token_budget or {"num_events": 25, "event_keep_ratio": 0.8,
                                                   "fine_tokens_per_key_frame": 38, "key_frame_rods": True})  # fmt: skip
@@ -76,26 +88,34 @@ class DynFocusProcessor(ProcessorMixin):
     def video_token_count(self, num_frames: int) -> int:
         return dynfocus_video_tokens(num_frames=num_frames, **self.token_budget)
 
-    def _clip(self, video: Any) -> np.ndarray:
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"sampler": sampler_to_dict(self.sampler)}
+
+    def _clip(self, video: Any) -> tuple[np.ndarray, list[float] | None]:
+        """Frames and their timestamps (None for frames given as an array)."""
         if isinstance(video, str | os.PathLike):
-            return load_video(video, self.sampler)[0]
+            frames, metadata = load_video(video, self.sampler)
+            return frames, metadata.timestamps.tolist()
         clip = np.asarray(video)
         if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
             raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
-        return clip[: self.max_frames]
+        return clip[: self.max_frames], None
 
     def __call__(self, text: str | list[str], videos: Any = None, questions: str | list[str] | None = None,
-                 return_tensors: str = "pt", **tokenizer_kwargs: Any) -> BatchFeature:  # fmt: skip
+                 return_tensors: str = "pt", return_timestamps: bool = False,
+                 **tokenizer_kwargs: Any) -> BatchFeature:  # fmt: skip
         """Texts with one `<video>` each + videos (paths or [T, H, W, 3] uint8) -> model inputs.
 
-        `questions` (default: the texts without the placeholder) go to the Q-Former.
+        `questions` (default: the texts without the placeholder) go to the Q-Former. `return_timestamps` adds
+        "video_timestamps": per video the frames' times in seconds (None for frames given as arrays).
         """
         texts = [text] if isinstance(text, str) else list(text)
         if videos is None:
             videos = []
         elif isinstance(videos, str | os.PathLike) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
             videos = [videos]
-        clips = [self._clip(v) for v in videos]
+        loaded = [self._clip(v) for v in videos]
+        clips, timestamps = [clip for clip, _ in loaded], [times for _, times in loaded]
         token = self.tokenizer.video_token
         if (clips and len(clips) != len(texts)) or (not clips and any(token in t for t in texts)):
             raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(clips)} videos.")
@@ -113,4 +133,6 @@ class DynFocusProcessor(ProcessorMixin):
         data["qformer_input_ids"], data["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
         if clips:
             data["pixel_values"] = torch.stack([self._frames(clip) for clip in clips])  # [B, T, 3, S, S]
+        if return_timestamps:
+            data["video_timestamps"] = timestamps
         return BatchFeature(data, tensor_type=None)

@@ -9,6 +9,11 @@ tensor) or from raw media through an extractor (`side_channel_extractors={name: 
 sample's video path). Either way they are padded along time into {"features": [B, Tk, h, w, C], "lengths": [B]}
 (+ "positions" [B, Tk, h, w, 3] for 3D), the layout `Pave*ForConditionalGeneration` takes as `side_channels`.
 
+Frames of a video path come from the `sampler` option: "uniform" (`num_frames`, the default), "avs" (Compact's
+adaptive sampler, `num_frames` as its budget), "fps", a dict {"type": name, **arguments} or a `FrameSampler`.
+`return_timestamps=True` adds "video_timestamps" (seconds of each frame; None for videos given as frames): pop it
+before calling the model.
+
 Shape legend: B videos, T frames, S frame side, Tk side-channel steps, h w tokens per step, C channels.
 """
 
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
+from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.video_io import load_video
@@ -91,9 +97,10 @@ class PaveProcessor(ProcessorMixin):
         tokenizer: the base model's tokenizer (with a `video_token`).
         family: the base family (`llava_onevision`, `llava_next_video`, `video_llava`).
         frame_preprocessor: `FramePreprocessor.to_dict()` of the base's image processor settings.
-        num_frames: frames sampled uniformly from a video path.
+        num_frames: frames sampled from a video path (the budget of "uniform" and "avs").
         grid: patches per side of the vision tower (image_size // patch_size).
         pool_stride: LLaVA-NeXT-Video's spatial pooling stride.
+        sampler: "uniform", "avs", "fps", a dict {"type": name, **arguments} or a `FrameSampler` (saved as its dict).
     """
 
     def __init__(
@@ -105,10 +112,12 @@ class PaveProcessor(ProcessorMixin):
         grid: int = 27,
         pool_stride: int = 2,
         chat_template: str | None = None,
+        sampler: Any = "uniform",
     ):
         num_video_tokens(family, 1, grid, pool_stride)  # validates the family
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"`num_frames` must be an int >= 1, got {num_frames!r}.")
+        self.sampler = make_sampler(sampler, num_frames=num_frames)
         self.family, self.num_frames, self.grid, self.pool_stride = family, num_frames, grid, pool_stride
         self.frame_preprocessor = frame_preprocessor or FramePreprocessor.for_model(family).to_dict()
         self._frames = FramePreprocessor.from_dict(self.frame_preprocessor)
@@ -132,10 +141,15 @@ class PaveProcessor(ProcessorMixin):
     def video_token_count(self, num_frames: int) -> int:
         return num_video_tokens(self.family, num_frames, self.grid, self.pool_stride)
 
-    def _frames_of(self, video: Any) -> np.ndarray:
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"sampler": sampler_to_dict(self.sampler)}
+
+    def _frames_of(self, video: Any) -> tuple[np.ndarray, list[float] | None]:
+        """Frames and their timestamps (None for frames given as an array)."""
         if isinstance(video, str | os.PathLike):
-            return load_video(video, num_frames=self.num_frames)[0]
-        return video
+            frames, metadata = load_video(video, self.sampler)
+            return frames, metadata.timestamps.tolist()
+        return video, None
 
     def __call__(
         self,
@@ -144,19 +158,21 @@ class PaveProcessor(ProcessorMixin):
         side_channels: Sequence[Mapping[str, Any]] | None = None,
         side_channel_extractors: Mapping[str, Any] | None = None,
         return_tensors: str = "pt",
+        return_timestamps: bool = False,
         **tokenizer_kwargs: Any,
     ) -> BatchFeature:
         """Text (one `<video>` per sample) + videos (paths or [T, H, W, 3] uint8 frames) + side channels.
 
         `side_channels[i]` maps patch names to precomputed features for sample i; names in
-        `side_channel_extractors` are computed from sample i's video path instead.
+        `side_channel_extractors` are computed from sample i's video path instead. `return_timestamps` adds
+        "video_timestamps": per video, the sampled frames' times in seconds (None for frames given as arrays).
         """
         texts = [text] if isinstance(text, str) else list(text)
         videos = [] if videos is None else [videos] if isinstance(videos, str | os.PathLike | np.ndarray) else videos
         video_token = self.tokenizer.video_token
         if videos and len(videos) != len(texts) or not videos and any(video_token in t for t in texts):
             raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(videos)} videos.")
-        frames = [self._frames_of(v) for v in videos]
+        frames, timestamps = zip(*[self._frames_of(v) for v in videos]) if videos else ((), ())
         expanded = [] if frames else texts
         for t, clip in zip(texts, frames):
             if t.count(video_token) != 1:
@@ -178,4 +194,6 @@ class PaveProcessor(ProcessorMixin):
                 sample[name] = extractor(video)
         if any(per_sample):
             data["side_channels"] = collate_side_channels(per_sample)
+        if return_timestamps:
+            data["video_timestamps"] = list(timestamps)
         return BatchFeature(data, tensor_type=None)

@@ -3,7 +3,10 @@
 REEF feeds the LLM only the last step's Q-Former queries, so every video becomes exactly `num_query_tokens` video
 tokens whatever its length; they are prepended to the prompt as InstructBLIP does (before BOS). The Q-Former reads
 the same instruction. Frames are sampled uniformly (`num_frames`, 20 in the QA tables) from a path, or given as
-[T, H, W, 3] uint8 arrays, and preprocessed like the base's BLIP image processor.
+[T, H, W, 3] uint8 arrays, and preprocessed like the base's BLIP image processor. The `sampler` option picks the
+frames of a path instead: "uniform" (default), "avs" (Compact's adaptive sampler, budget `num_frames`), "fps", a dict
+{"type": name, **arguments} or a `FrameSampler`; `return_timestamps=True` adds "video_timestamps" (pop it before
+calling the model).
 
 Shape legend: B videos, T frames, S frame side, L instruction tokens.
 """
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
+from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.video_io import load_video
 
@@ -41,6 +45,7 @@ class ReefProcessor(ProcessorMixin):
         num_frames: frames sampled uniformly from a video path.
         num_query_tokens: the model's `num_query_tokens` (video tokens per video).
         prompt_template: a `str.format` template with one `{}` for the question (e.g. `REEF_PROMPTS["qa"]`), or None.
+        sampler: "uniform", "avs", "fps", a dict {"type": name, **arguments} or a `FrameSampler` (saved as its dict).
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class ReefProcessor(ProcessorMixin):
         num_query_tokens: int = 32,
         prompt_template: str | None = None,
         chat_template: str | None = None,
+        sampler: Any = "uniform",
     ):
         for name, value in (("num_frames", num_frames), ("num_query_tokens", num_query_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -61,6 +67,7 @@ class ReefProcessor(ProcessorMixin):
                 f"`prompt_template` must contain exactly one '{{}}' for the question, got {prompt_template!r}."
             )
         self.num_frames, self.num_query_tokens, self.prompt_template = num_frames, num_query_tokens, prompt_template
+        self.sampler = make_sampler(sampler, num_frames=num_frames)
         self.frame_preprocessor = frame_preprocessor or FramePreprocessor.for_model("instructblip_video").to_dict()
         self._frames = FramePreprocessor.from_dict(self.frame_preprocessor)
         super().__init__(tokenizer, qformer_tokenizer, chat_template=chat_template)
@@ -90,25 +97,37 @@ class ReefProcessor(ProcessorMixin):
         """Video tokens the LLM receives for a video of any length: the last step's `num_query_tokens` queries."""
         return self.num_query_tokens
 
-    def _clip(self, video: Any) -> np.ndarray:
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"sampler": sampler_to_dict(self.sampler)}
+
+    def _clip(self, video: Any) -> tuple[np.ndarray, list[float] | None]:
+        """Frames and their timestamps (None for frames given as an array)."""
         if isinstance(video, str | os.PathLike):
-            return load_video(video, num_frames=self.num_frames)[0]
+            frames, metadata = load_video(video, self.sampler)
+            return frames, metadata.timestamps.tolist()
         clip = np.asarray(video)
         if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
             raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
-        return clip
+        return clip, None
 
     def __call__(
-        self, text: str | list[str], videos: Any = None, return_tensors: str = "pt", **tokenizer_kwargs: Any
+        self,
+        text: str | list[str],
+        videos: Any = None,
+        return_tensors: str = "pt",
+        return_timestamps: bool = False,
+        **tokenizer_kwargs: Any,
     ) -> BatchFeature:
         """Questions/instructions (one per video) + videos (paths or [T, H, W, 3] uint8) -> model inputs.
 
         Returns input_ids/attention_mask (Q video tokens, then the prompt), qformer_input_ids/qformer_attention_mask
-        (the prompt) and pixel_values [B, T, 3, S, S] when videos are given.
+        (the prompt) and pixel_values [B, T, 3, S, S] when videos are given; with `return_timestamps`,
+        "video_timestamps": per video the frames' times in seconds (None for frames given as arrays).
         """
         texts = [text] if isinstance(text, str) else list(text)
         prompts = [self.prompt_template.format(t) if self.prompt_template else t for t in texts]
-        clips = [] if videos is None else [self._clip(v) for v in _as_list(videos)]
+        loaded = [] if videos is None else [self._clip(v) for v in _as_list(videos)]
+        clips, timestamps = [clip for clip, _ in loaded], [times for _, times in loaded]
         if clips and len(clips) != len(prompts):
             raise ValueError(f"pass one video per text: got {len(prompts)} texts and {len(clips)} videos.")
         video_ids = self.tokenizer.convert_tokens_to_ids([self.tokenizer.video_token] * self.num_query_tokens)
@@ -127,6 +146,8 @@ class ReefProcessor(ProcessorMixin):
             if len(lengths) != 1:
                 raise ValueError(f"videos in one batch need the same frame count, got {sorted(lengths)}.")
             data["pixel_values"] = torch.stack([self._frames(clip) for clip in clips])  # [B, T, 3, S, S]
+        if return_timestamps:
+            data["video_timestamps"] = timestamps
         return BatchFeature(data, tensor_type=None)
 
 

@@ -8,6 +8,7 @@ Rules (see docs/fidelity.md):
 - uniform N:      i_k = floor(k * F / N), k = 0..N-1, F = total frames (transformers' `default_sample_indices_fn`).
 - fixed fps r:    t_k = k / r for every t_k < duration; frame shown at t_k.
 - timestamps t_k: the frame shown at t_k, i.e. the last frame whose start time <= t_k; t_k must lie in [0, duration].
+"Start time <= t" allows 1 us of float rounding (`TIME_TOLERANCE`).
 """
 
 from __future__ import annotations
@@ -65,9 +66,14 @@ class FrameSampler(Protocol):
     def __call__(self, index: VideoIndex) -> np.ndarray: ...
 
 
+# Frame start times are pts * time_base in floats: 3 * 0.1 = 0.30000000000000004 > 3 / 10. A frame that starts within
+# this many seconds after t counts as shown at t, so t = k / fps never lands on the frame before.
+TIME_TOLERANCE = 1e-6
+
+
 def frames_shown_at(index: VideoIndex, times: np.ndarray) -> np.ndarray:
-    """Index of the frame on screen at each time: the last frame whose start time is <= t."""
-    idx = np.searchsorted(index.frame_times, times, side="right") - 1
+    """Index of the frame on screen at each time: the last frame whose start time is <= t (+ `TIME_TOLERANCE`)."""
+    idx = np.searchsorted(index.frame_times, np.asarray(times, dtype=np.float64) + TIME_TOLERANCE, side="right") - 1
     return np.clip(idx, 0, index.total_frames - 1).astype(np.int64)
 
 

@@ -185,6 +185,25 @@ def _build_dynfocus(tmp_path):
     return model, processor, inputs, "what is moving ?"
 
 
+def _build_compact(tmp_path):
+    """Compact on the tiny LLaVA-OneVision checkpoint: 4x4 patches resized to 8x8, 4 frames -> 1 x 2 x 2 tokens."""
+    from transformers import AutoTokenizer
+
+    from videoadapt.modeling_compact import CompactForConditionalGeneration
+    from videoadapt.processors.processing_compact import CompactProcessor
+    from videoadapt.testing.tiny_models import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint("llava_onevision", tmp_path / "base")
+    torch.manual_seed(0)
+    model = CompactForConditionalGeneration.from_pretrained(checkpoint, compressor_grid=8)
+    with torch.no_grad():  # non-zero residual branches, so that the compressor's weights matter
+        for parameter in model.model.compressor.parameters():
+            parameter.normal_(0, 0.1)
+    processor = CompactProcessor.from_model(model, AutoTokenizer.from_pretrained(checkpoint), num_frames=4)
+    inputs = dict(processor("<video> what is moving ?", videos=[torch.rand(4, 32, 32, 3).mul(255).byte().numpy()]))
+    return model, processor, inputs, "what is moving ?"
+
+
 DYNFOCUS_TINY = dict(num_pooled_tokens=4, spatial_clusters=[6, 3], spatial_knn=[3, 2], num_events=4, event_knn=2)
 
 
@@ -198,6 +217,7 @@ TINY_BUILDERS = {
     },
     "videoadapt_reef": _build_reef,
     "videoadapt_dynfocus": _build_dynfocus,
+    "videoadapt_compact": _build_compact,
 }
 
 

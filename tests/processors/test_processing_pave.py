@@ -109,3 +109,40 @@ def test_bad_input(tiny_checkpoints, video):
         PaveProcessor(None, family="qwen2_vl")
     with pytest.raises(ValueError, match="`num_frames` must be an int >= 1"):
         PaveProcessor(None, num_frames=0)
+
+
+def test_avs_sampler_option_returns_timestamps_and_saves(tiny_checkpoints, video, tmp_path):
+    import json
+
+    from videoadapt.processors.adaptive_sampling import AdaptiveSampler
+    from videoadapt.processors.sampling import TimestampSampler, UniformSampler
+    from videoadapt.processors.video_io import load_video, probe_video
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoints["llava_onevision"])
+    processor = PaveProcessor(tokenizer, num_frames=4, grid=4, sampler="avs")
+    assert processor.sampler == AdaptiveSampler(4)
+    batch = processor("<video> hi", videos=[video], return_timestamps=True)
+    plan = AdaptiveSampler(4).plan(probe_video(video))
+    assert batch["video_timestamps"] == [plan.timestamps.tolist()]
+    frames = load_video(video, lambda _: plan.frame_indices)[0]
+    from_frames = processor("<video> hi", videos=[frames], return_timestamps=True)
+    assert torch.equal(batch["pixel_values_videos"], from_frames["pixel_values_videos"])
+    assert from_frames["video_timestamps"] == [None] and "video_timestamps" not in processor("<video> hi", [video])
+
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["sampler"] == AdaptiveSampler(4).to_dict()
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert reloaded.sampler == AdaptiveSampler(4)
+    assert torch.equal(reloaded("<video> hi", videos=[video])["pixel_values_videos"], batch["pixel_values_videos"])
+
+    uniform = PaveProcessor(tokenizer, num_frames=3, grid=4)  # the default is unchanged: uniform `num_frames`
+    assert uniform.sampler == UniformSampler(3)
+    expected = probe_video(video).frame_times[UniformSampler(3)(probe_video(video))].tolist()
+    assert uniform("<video> hi", videos=[video], return_timestamps=True)["video_timestamps"] == [expected]
+    chosen = PaveProcessor(tokenizer, grid=4, sampler=TimestampSampler([0.1, 0.5]))
+    assert chosen("<video> hi", videos=[video])["pixel_values_videos"].shape[1] == 2
+    with pytest.raises(ValueError, match=r"`sampler` must be one of \['avs', 'fps', 'timestamps', 'uniform'\]"):
+        PaveProcessor(tokenizer, sampler="shots")
+    with pytest.raises(TypeError, match="cannot save a processor whose `sampler` is a function"):
+        PaveProcessor(tokenizer, sampler=lambda index: [0]).save_pretrained(tmp_path / "custom")

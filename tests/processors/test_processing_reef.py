@@ -103,3 +103,24 @@ def test_bad_inputs(parts):
         processor(["a", "b"], videos=[frames(2), frames(3)])
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\] frames with T >= 1"):
         processor("a", videos=[np.zeros((0, 8, 8, 3), dtype=np.uint8)])
+
+
+def test_avs_sampler_option_returns_timestamps_and_saves(parts, tmp_path):
+    from videoadapt.processors.adaptive_sampling import AdaptiveSampler
+    from videoadapt.processors.video_io import probe_video
+
+    model, tokenizer, qformer_tokenizer = parts
+    path = tmp_path / "clip.mp4"
+    write_synthetic_video(path, SyntheticVideoSpec(num_frames=40, width=64, height=48, fps=10.0))
+    processor = ReefProcessor.from_model(model, tokenizer, qformer_tokenizer, num_frames=4, sampler="avs")
+    assert processor.sampler == AdaptiveSampler(4)
+    inputs = processor("what is it?", videos=str(path), return_timestamps=True)
+    plan = AdaptiveSampler(4).plan(probe_video(path))
+    assert inputs["video_timestamps"] == [plan.timestamps.tolist()] and inputs["pixel_values"].shape[1] == 4
+    assert processor("what is it?", videos=frames(2), return_timestamps=True)["video_timestamps"] == [None]
+    processor.save_pretrained(tmp_path / "saved")
+    loaded = AutoProcessor.from_pretrained(tmp_path / "saved")
+    assert loaded.sampler == AdaptiveSampler(4)
+    assert torch.equal(loaded("what is it?", videos=str(path))["pixel_values"], inputs["pixel_values"])
+    with pytest.raises(MediaError, match="asked for 50 AVS frames but the video has only 40"):
+        ReefProcessor(tokenizer, qformer_tokenizer, num_frames=50, sampler="avs")("a", videos=str(path))

@@ -10,7 +10,7 @@ from transformers.video_utils import default_sample_indices_fn
 from transformers.video_utils import load_video as hf_load_video
 
 from videoadapt.processors.errors import MediaError
-from videoadapt.processors.sampling import FpsSampler, TimestampSampler, UniformSampler
+from videoadapt.processors.sampling import FpsSampler, TimestampSampler, UniformSampler, VideoIndex
 from videoadapt.processors.synthetic import decode_frame_index, random_spec, write_synthetic_video
 from videoadapt.processors.video_io import load_video, probe_video
 
@@ -79,6 +79,16 @@ def test_fps_and_timestamp_samplers_pick_the_frame_on_screen(video):
     assert np.array_equal(frames, every[meta.frame_indices])
     _, meta = load_video(path, sampler=FpsSampler(10, max_frames=5))
     assert len(meta.frame_indices) == 5 and meta.frame_indices[0] == 0
+
+
+def test_fps_sampling_at_the_stream_rate_gives_every_frame_despite_float_rounding():
+    # time base 1/10 s as a float: frame 3 starts at 3 * 0.1 = 0.30000000000000004 s, after t = 3 / 10 = 0.3 s
+    index = VideoIndex(
+        path="x.mp4", pts=np.arange(360, dtype=np.int64), keyframe_pts=np.array([0]), time_base=0.1, fps=10.0,
+        duration=36.0, width=8, height=8,
+    )  # fmt: skip
+    assert np.array_equal(FpsSampler(10)(index), np.arange(360))
+    assert np.array_equal(TimestampSampler([0.3, 0.7, 35.9])(index), [3, 7, 359])
 
 
 def test_ground_truth_json_sits_next_to_the_video(video):

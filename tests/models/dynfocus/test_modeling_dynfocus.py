@@ -166,3 +166,27 @@ def test_bad_inputs(checkpoint, tokenizers):
         processor(["<video> a", "<video> b"], videos=[clips(2)[0], clips(3)[0]])
     with pytest.raises(ValueError, match="exactly one"):
         processor(["a"], videos=[clips(2)[0]])
+
+
+def test_processor_sampler_option_avs_and_timestamps(checkpoint, tokenizers, tmp_path):
+    from videoadapt.processors.adaptive_sampling import AdaptiveSampler
+    from videoadapt.processors.sampling import FpsSampler
+    from videoadapt.processors.synthetic import SyntheticVideoSpec, write_synthetic_video
+    from videoadapt.processors.video_io import probe_video
+
+    path = tmp_path / "clip.mp4"
+    write_synthetic_video(path, SyntheticVideoSpec(num_frames=50, width=64, height=48, fps=10.0))
+    model = load(checkpoint, max_frames=8)
+    default = DynFocusProcessor.from_model(model, *tokenizers)
+    assert default.sampler == FpsSampler(1.0, 8)  # unchanged: 1 fps, at most `max_frames`
+    assert default("<video> a", videos=str(path), return_timestamps=True)["video_timestamps"] == [[0, 1, 2, 3, 4]]
+    avs = DynFocusProcessor.from_model(model, *tokenizers, sampler="avs")
+    assert avs.sampler == AdaptiveSampler(8)  # min(32, max_frames)
+    inputs = avs("<video> a", videos=str(path), return_timestamps=True)
+    plan = AdaptiveSampler(8).plan(probe_video(path))
+    assert inputs["video_timestamps"] == [plan.timestamps.tolist()] and inputs["pixel_values"].shape[1] == 8
+    assert (inputs["input_ids"] == tokenizers[0].video_token_id).sum() == avs.video_token_count(8)
+    avs.save_pretrained(tmp_path / "saved")
+    assert DynFocusProcessor.from_pretrained(tmp_path / "saved").sampler == AdaptiveSampler(8)
+    with pytest.raises(ValueError, match="`sampler` takes 9 frames but `max_frames` is 8"):
+        DynFocusProcessor.from_model(model, *tokenizers, sampler={"type": "avs", "budget": 9})

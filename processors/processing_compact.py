@@ -1,0 +1,155 @@
+"""The Compact processor: text with one `<video>` per sample and videos into `CompactForConditionalGeneration` inputs.
+
+The `<video>` placeholder expands to exactly the tokens the compressor produces for the video's T frames:
+(T/f) * (g/f)^2 with g the feature grid and f the compression factor (`compact_video_tokens`; 128 for the paper's 32
+frames, g = 16, f = 4). No `image_newline` token follows a Compact video. Frames come from a path (uniform sampling of
+`num_frames`, or Compact's adaptive video sampler AVS with `sampler="avs"`) or as [T, H, W, 3] uint8 arrays, and are
+preprocessed like the base's (SigLIP) image processor. T must be a multiple of f: the compressor takes no remainder,
+and the processor raises rather than dropping or repeating frames.
+
+Shape legend: B videos, T frames, S frame side.
+"""
+
+import os
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+
+from videoadapt.configuration.configuration_compact import compact_video_tokens, multiples_near
+from videoadapt.processors.adaptive_sampling import make_sampler
+from videoadapt.processors.image_processing import FramePreprocessor
+from videoadapt.processors.sampling import FrameSampler
+from videoadapt.processors.video_io import load_video
+
+
+__all__ = ["COMPACT_SAMPLERS", "CompactProcessor"]
+
+# samplers that return exactly `num_frames` frames (any other would break the T % f rule for some videos)
+COMPACT_SAMPLERS = ("uniform", "avs")
+
+
+class CompactProcessor(ProcessorMixin):
+    """Tokenizer + frame sampling and preprocessing + the exact video-token count for Compact.
+
+    Args:
+        tokenizer: the LLM's tokenizer, with a `video_token`.
+        frame_preprocessor: `FramePreprocessor.to_dict()`; default the LLaVA-OneVision preset (SigLIP, 384 px).
+        num_frames: frames sampled from a video path (32 in the paper); a multiple of `compression_factor`.
+        feature_grid: side g of the grid the compressor reads (`CompactConfig.feature_grid`, 16 in the paper).
+        compression_factor: f, the compressor's downsampling of T, H and W (`CompactConfig.compression_factor`, 4).
+        sampler: how frames are sampled from a path: "uniform" (`num_frames` evenly spread) or "avs" (Compact's
+            adaptive video sampler: shot boundaries and a budget of `num_frames` frames, `AdaptiveSampler`), or a
+            dict {"type": "avs", **arguments} with the sampler's other arguments (e.g. "detector", "nms_window");
+            the frame count is always `num_frames`.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        frame_preprocessor: dict | None = None,
+        num_frames: int = 32,
+        feature_grid: int = 16,
+        compression_factor: int = 4,
+        sampler: Literal["uniform", "avs"] | dict = "uniform",
+        chat_template: str | None = None,
+    ):
+        compact_video_tokens(num_frames, feature_grid, compression_factor)  # validates all three
+        self.num_frames, self.feature_grid, self.compression_factor = num_frames, feature_grid, compression_factor
+        self.sampler = sampler
+        self._frame_sampler = self._build_sampler(sampler)
+        self.frame_preprocessor = frame_preprocessor or FramePreprocessor.for_model("llava_onevision").to_dict()
+        self._frames = FramePreprocessor.from_dict(self.frame_preprocessor)
+        super().__init__(tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, image_processor=None, **kwargs: Any) -> "CompactProcessor":
+        """A processor matching `model.config` (frames, feature grid, factor, image size) or the base's image
+        processor. Keyword arguments (e.g. `num_frames`, `sampler="avs"`) override."""
+        config = model.config
+        if image_processor is not None:
+            frames = FramePreprocessor.from_image_processor(image_processor).to_dict()
+        else:  # the OneVision (SigLIP) preprocessing at the vision tower's resolution
+            side = config.vision_config.image_size
+            frames = {
+                **FramePreprocessor.for_model("llava_onevision").to_dict(),
+                "size": {"height": side, "width": side},
+            }
+        kwargs.setdefault("num_frames", config.num_frames)
+        return cls(
+            tokenizer,
+            frame_preprocessor=frames,
+            feature_grid=config.feature_grid,
+            compression_factor=config.compression_factor,
+            **kwargs,
+        )
+
+    def _build_sampler(self, sampler: str | dict) -> FrameSampler:
+        """The `FrameSampler` of a `sampler` option, returning exactly `num_frames` frames."""
+        kind = sampler.get("type") if isinstance(sampler, dict) else sampler
+        if kind not in COMPACT_SAMPLERS:
+            raise ValueError(
+                f"`sampler` must be one of {list(COMPACT_SAMPLERS)} or a dict {{'type': one of them, ...}}, got "
+                f"{sampler!r}; Compact needs exactly `num_frames` frames per video (e.g. sampler='avs')."
+            )
+        fixed = sorted({"num_frames", "budget"} & set(sampler)) if isinstance(sampler, dict) else []
+        if fixed:
+            raise ValueError(
+                f"`sampler` must not set {fixed}: the frame count is the processor's `num_frames` "
+                f"({self.num_frames}); pass num_frames=... instead."
+            )
+        return make_sampler(sampler, num_frames=self.num_frames)
+
+    def video_token_count(self, num_frames: int | None = None) -> int:
+        """Tokens a `num_frames`-frame video (default `self.num_frames`) expands to: (T/f) * (g/f)^2."""
+        frames = self.num_frames if num_frames is None else num_frames
+        return compact_video_tokens(frames, self.feature_grid, self.compression_factor)
+
+    def _clip(self, video: Any) -> np.ndarray:
+        """[T, H, W, 3] uint8 frames of a path (sampled) or an array, T a multiple of the compression factor."""
+        f = self.compression_factor
+        if isinstance(video, str | os.PathLike):
+            clip = load_video(video, self._frame_sampler)[0]
+            where = f"the {self.sampler} sampler returned {len(clip)} frames of {os.fspath(video)!r}"
+        else:
+            clip = np.asarray(video)
+            if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
+                raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
+            where = f"a video of {len(clip)} frames was given"
+        if len(clip) % f:
+            raise ValueError(
+                f"Compact needs a multiple of the compression factor {f} frames per video (the compressor divides T, "
+                f"H and W by {f}), but {where}; pass {multiples_near(len(clip), f)} frames (drop or repeat frames, or "
+                f"give the path and let the processor sample `num_frames` = {self.num_frames})."
+            )
+        return clip
+
+    def __call__(
+        self, text: str | list[str], videos: Any = None, return_tensors: str = "pt", **tokenizer_kwargs: Any
+    ) -> BatchFeature:
+        """Texts with one `<video>` each + videos (paths or [T, H, W, 3] uint8 frames) -> model inputs.
+
+        Returns input_ids / attention_mask (each `<video>` expanded to `video_token_count(T)` tokens) and, with
+        videos, pixel_values_videos [B, T, 3, S, S].
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if videos is None:
+            videos = []
+        elif isinstance(videos, str | os.PathLike) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
+            videos = [videos]
+        token = self.tokenizer.video_token
+        if (videos and len(videos) != len(texts)) or (not videos and any(token in t for t in texts)):
+            raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(videos)} videos.")
+        clips = [self._clip(v) for v in videos]
+        if len({len(c) for c in clips}) > 1:
+            raise ValueError(f"videos in one batch need the same frame count, got {sorted({len(c) for c in clips})}.")
+        expanded = [] if clips else texts
+        for t, clip in zip(texts, clips):
+            if t.count(token) != 1:
+                raise ValueError(f"each text needs exactly one {token!r}, got {t.count(token)} in {t!r}.")
+            expanded.append(t.replace(token, token * self.video_token_count(len(clip))))
+        data = dict(self.tokenizer(expanded, return_tensors=return_tensors, padding=True, **tokenizer_kwargs))
+        if clips:
+            data["pixel_values_videos"] = torch.stack([self._frames(clip) for clip in clips])  # [B, T, 3, S, S]
+        return BatchFeature(data, tensor_type=None)
