@@ -22,7 +22,9 @@ still 257 x 1408 out; `--vision-layers` adds some), the LLM has 0 layers and a 3
    two metrics, each in its own run after a warm-up call on memory_bank_length + 2 frames, the model and the inputs
    existing before the call: "process" = on CUDA, the rise of `torch.cuda.max_memory_allocated` over the allocated
    memory before the call; on CPU, a fresh subprocess resets the kernel's peak-RSS mark (`/proc/self/clear_refs` <-
-   "5") and reports VmHWM minus the RSS just before the call (ru_maxrss where clear_refs is unavailable). "tensors" =
+   "5") and reports VmHWM minus the RSS just before the call (ru_maxrss where clear_refs is unavailable); the
+   median of `--memory-repeats` (5) such runs, lengths interleaved, since the heap's peak varies by +-10 MiB from
+   run to run whatever the length (measured: 35.0, 42.6, 32.9, 30.3 MiB at 20, 50, 100, 200 frames). "tensors" =
    the peak of the bytes of tensor storages created during the call and alive together (`LiveTensorPeak`, a
    dispatch mode: what the model holds, whatever the allocator keeps; on CPU also in a fresh subprocess). The
    Q-Former depth of this part is `--memory-qformer-layers` (default: 1 on CPU, a layer with cross-attention, the
@@ -40,6 +42,7 @@ import importlib.util
 import json
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import weakref
@@ -295,6 +298,25 @@ def peak_memory(
     return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
+def measure_memory(sizes: Sizes, lengths: tuple[int, int], args: argparse.Namespace) -> tuple[dict, dict]:
+    """Peak memory for each video length: "tensors" once (deterministic), "process" `args.memory_repeats` times,
+    lengths interleaved, median kept (the CPU heap's peak varies by +-10 MiB from run to run). Returns
+    ({frames: {metric: bytes}}, {frames: [process bytes of every run]})."""
+    max_frames = max(lengths)
+    runs: dict[int, list[int]] = {frames: [] for frames in lengths}
+    for _ in range(args.memory_repeats):
+        for frames in lengths:
+            runs[frames].append(peak_memory(sizes, frames, max_frames, args.device, "process", in_process=args.quick))
+    memory = {
+        frames: {
+            "process": int(statistics.median(runs[frames])),
+            "tensors": peak_memory(sizes, frames, max_frames, args.device, "tensors", in_process=args.quick),
+        }
+        for frames in lengths
+    }
+    return memory, runs
+
+
 # --------------------------------------------------------------------------------------------- 3. top-K layer
 
 
@@ -368,6 +390,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-qformer-layers", type=int, default=None, help="default: 1 on CPU, all on CUDA")
     parser.add_argument("--vision-layers", type=int, default=None, help="ViT encoder layers (not counted; default 0)")
     parser.add_argument("--repeats", type=int, default=3, help="top-K timing: best of this many")
+    parser.add_argument(
+        "--memory-repeats",
+        type=int,
+        default=None,
+        help="process peak memory: median of this many (default 5 on CPU, 1 on CUDA or with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, memory measured in this process")
     parser.add_argument(
         "--measure-memory", nargs=4, metavar=("SIZES", "FRAMES", "MAX", "METRIC"), help=argparse.SUPPRESS
@@ -391,6 +419,8 @@ def _check_args(args: argparse.Namespace, sizes: Sizes) -> None:
         raise ValueError(f"`--vision-layers` must be >= 0, got {args.vision_layers}.")
     if args.repeats < 1:
         raise ValueError(f"`--repeats` must be >= 1, got {args.repeats}.")
+    if args.memory_repeats < 1:
+        raise ValueError(f"`--memory-repeats` must be >= 1, got {args.memory_repeats}.")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -407,18 +437,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory_qformer_layers is None:
         args.memory_qformer_layers = sizes.qformer_layers if args.device.startswith("cuda") else 1
     args.vision_layers = args.vision_layers if args.vision_layers is not None else sizes.vision_layers
+    if args.memory_repeats is None:
+        args.memory_repeats = 1 if args.quick or args.device.startswith("cuda") else 5
     _check_args(args, sizes)
     sizes = dataclasses.replace(sizes, vision_layers=args.vision_layers)
 
     flops = measure_flops(sizes, args.device)
     memory_sizes = dataclasses.replace(sizes, qformer_layers=args.memory_qformer_layers)
-    memory = {
-        frames: {
-            metric: peak_memory(memory_sizes, frames, args.frames_long, args.device, metric, in_process=args.quick)
-            for metric in MEMORY_METRICS
-        }
-        for frames in (sizes.frames, args.frames_long)
-    }
+    memory, memory_runs = measure_memory(memory_sizes, (sizes.frames, args.frames_long), args)
     topk = measure_topk_layer(sizes, args.device, args.repeats, in_process=args.quick)
 
     reef, base = flops["reef"]["adapter"], flops["baseline"]["adapter"]
@@ -438,6 +464,8 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "memory_frames": [sizes.frames, args.frames_long],
         "peak_mem_mib": {str(f): {k: round(b / 2**20, 1) for k, b in peak.items()} for f, peak in memory.items()},
+        "peak_mem_mib_runs": {str(f): [round(b / 2**20, 1) for b in runs] for f, runs in memory_runs.items()},
+        "memory_repeats": args.memory_repeats,
         "memory_qformer_layers": args.memory_qformer_layers,
         "memory_measured_in": "subprocess" if not args.quick and args.device == "cpu" else "process",
         "topk_speedup": round(topk["time_s"]["reference"] / topk["time_s"]["ours"], 2),

@@ -3,7 +3,7 @@ keeping 4 of 16 spatial tokens learns the needle's colour and its spatial top-K 
 
 import numpy as np
 
-from videoadapt.recipes.reef_needle import IMAGE, PATCH, NeedleSettings, make_needle_videos, run_needle
+from videoadapt.recipes.reef_needle import COLORS, IMAGE, PATCH, NeedleSettings, make_needle_videos, run_needle
 
 
 def test_needle_videos_hold_the_answer_in_two_or_three_frames():
@@ -15,15 +15,17 @@ def test_needle_videos_hold_the_answer_in_two_or_three_frames():
     i, t = np.argwhere(cells >= 0)[0]
     y, x = divmod(int(cells[i, t]), IMAGE // PATCH)
     patch = videos[i, t, y * PATCH : (y + 1) * PATCH, x * PATCH : (x + 1) * PATCH].reshape(-1, 3)
-    assert (patch == patch[0]).all() and patch[0].max() - patch[0].min() > 150  # one saturated colour
+    assert (patch == patch[0]).all() and tuple(patch[0]) in set(COLORS.values())  # one saturated colour
+    background = videos[labels == 4].reshape(-1, 3).mean(0)  # the CLIP mean colour: no colour after normalisation
+    assert np.abs(background - (123, 117, 104)).max() < 2
     again = make_needle_videos(16, 8, seed=3)
     assert np.array_equal(again[0], videos) and np.array_equal(again[2], cells)
 
 
 def test_reef_top_k_learns_to_keep_the_needle():
-    settings = NeedleSettings(frames=8, memory_bank_length=4, train_videos=512, test_videos=128, steps=800, seed=1)
+    settings = NeedleSettings(frames=8, memory_bank_length=4, train_videos=512, test_videos=128, steps=800, seed=0)
     result = run_needle(settings, all_tokens=False)
-    # chance: accuracy 0.2, needle recall 4/16 = 0.25 for a random top-K. Over seeds 0-3 these settings gave
-    # accuracy 0.78-0.81 and recall 0.73-0.89; the bars leave room for float differences between CPUs.
-    assert result["acc_topk25"] >= 0.6, result
-    assert result["needle_recall"] >= 0.6, result
+    # chance: accuracy 0.2, needle recall 4/16 = 0.25 for a random top-K. These settings gave accuracy 1.0 and recall
+    # 1.0 (every colour from step 200 on). The bars leave room for float differences between CPUs.
+    assert result["acc_topk25"] >= 0.85, result
+    assert result["needle_recall"] >= 0.9, result
