@@ -49,7 +49,7 @@ class NeedleSettings:
     train_videos: int = 512
     test_videos: int = 128
     initial_steps: int = 0  # > 0: first train the all-token model this long and start REEF from it (REEF's recipes)
-    steps: int = 800
+    steps: int = 1600
     batch_size: int = 16
     lr: float = 1e-3
     keep_fraction: float = 0.25
