@@ -11,7 +11,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("section", ["Usage", "PAVE patches", "REEF and DynFocus"])
+@pytest.mark.parametrize("section", ["Usage", "PAVE patches", "REEF and DynFocus", "Compact"])
 def test_readme_examples_run(section, tmp_path, monkeypatch):
     text = README.read_text()
     (code,) = re.findall(rf"## {section}\n(?:(?!\n## ).)*?```python\n(.*?)```", text, flags=re.S)
