@@ -106,11 +106,13 @@ class CompactProcessor(ProcessorMixin):
         frames = self.num_frames if num_frames is None else num_frames
         return compact_video_tokens(frames, self.feature_grid, self.compression_factor)
 
-    def _clip(self, video: Any) -> np.ndarray:
-        """[T, H, W, 3] uint8 frames of a path (sampled) or an array, T a multiple of the compression factor."""
-        f = self.compression_factor
+    def _clip(self, video: Any) -> tuple[np.ndarray, list[float] | None]:
+        """[T, H, W, 3] uint8 frames of a path (sampled) or an array, T a multiple of the compression factor, and
+        their timestamps in seconds (None for an array)."""
+        f, times = self.compression_factor, None
         if isinstance(video, str | os.PathLike):
-            clip = load_video(video, self._frame_sampler)[0]
+            clip, metadata = load_video(video, self._frame_sampler)
+            times = metadata.timestamps.tolist()
             where = f"the {self.sampler} sampler returned {len(clip)} frames of {os.fspath(video)!r}"
         else:
             clip = np.asarray(video)
@@ -123,15 +125,21 @@ class CompactProcessor(ProcessorMixin):
                 f"H and W by {f}), but {where}; pass {multiples_near(len(clip), f)} frames (drop or repeat frames, or "
                 f"give the path and let the processor sample `num_frames` = {self.num_frames})."
             )
-        return clip
+        return clip, times
 
     def __call__(
-        self, text: str | list[str], videos: Any = None, return_tensors: str = "pt", **tokenizer_kwargs: Any
+        self,
+        text: str | list[str],
+        videos: Any = None,
+        return_tensors: str = "pt",
+        return_timestamps: bool = False,
+        **tokenizer_kwargs: Any,
     ) -> BatchFeature:
         """Texts with one `<video>` each + videos (paths or [T, H, W, 3] uint8 frames) -> model inputs.
 
         Returns input_ids / attention_mask (each `<video>` expanded to `video_token_count(T)` tokens) and, with
-        videos, pixel_values_videos [B, T, 3, S, S].
+        videos, pixel_values_videos [B, T, 3, S, S]; with `return_timestamps`, "video_timestamps": per video the
+        sampled frames' times in seconds (None for frames given as arrays; pop it before calling the model).
         """
         texts = [text] if isinstance(text, str) else list(text)
         if videos is None:
@@ -141,7 +149,8 @@ class CompactProcessor(ProcessorMixin):
         token = self.tokenizer.video_token
         if (videos and len(videos) != len(texts)) or (not videos and any(token in t for t in texts)):
             raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(videos)} videos.")
-        clips = [self._clip(v) for v in videos]
+        loaded = [self._clip(v) for v in videos]
+        clips, timestamps = [clip for clip, _ in loaded], [times for _, times in loaded]
         if len({len(c) for c in clips}) > 1:
             raise ValueError(f"videos in one batch need the same frame count, got {sorted({len(c) for c in clips})}.")
         expanded = [] if clips else texts
@@ -152,4 +161,6 @@ class CompactProcessor(ProcessorMixin):
         data = dict(self.tokenizer(expanded, return_tensors=return_tensors, padding=True, **tokenizer_kwargs))
         if clips:
             data["pixel_values_videos"] = torch.stack([self._frames(clip) for clip in clips])  # [B, T, 3, S, S]
+        if return_timestamps:
+            data["video_timestamps"] = timestamps
         return BatchFeature(data, tensor_type=None)

@@ -99,6 +99,12 @@ def test_video_paths_are_sampled_uniformly_or_by_avs(tokenizer, two_shot_video):
     expected = avs._frames(load_video(two_shot_video, sampler=AdaptiveSampler(8, nms_window=1.0))[0])
     assert torch.equal(inputs["pixel_values_videos"][0], expected)
     assert (inputs["input_ids"] == tokenizer.video_token_id).sum() == avs.video_token_count(8) == 2 * 2 * 2
+    timed = avs("<video> what is it?", videos=str(two_shot_video), return_timestamps=True)
+    chosen = load_video(two_shot_video, sampler=AdaptiveSampler(8, nms_window=1.0))[1].timestamps
+    assert timed["video_timestamps"] == [chosen.tolist()] and len(chosen) == 8
+    assert "video_timestamps" not in inputs
+    frames = load_video(two_shot_video, sampler=UniformSampler(8))[0]
+    assert avs("<video> what?", videos=[frames], return_timestamps=True)["video_timestamps"] == [None]
     with pytest.raises(MediaError, match="only 24"):
         tiny(tokenizer, num_frames=28, sampler="avs")("<video> what?", videos=str(two_shot_video))
 
