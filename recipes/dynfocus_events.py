@@ -20,19 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers.utils import logging
 
-from videoadapt.callbacks import perturbed_topk_modules
 from videoadapt.configuration.configuration_dynfocus import DynFocusConfig
 from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
-from videoadapt.recipes.reef_needle import BACKGROUND, COLORS, clip_pixels
+from videoadapt.recipes.reef_needle import BACKGROUND, COLORS, clip_pixels, train_label_task
 from videoadapt.testing.tiny_models import build_qformer_tokenizer, build_tiny_tokenizer
 
 
 __all__ = ["EventSettings", "make_event_videos", "run_events"]
 
-logger = logging.get_logger(__name__)
 
 LABELS = (*COLORS, "no")
 IMAGE, PATCH, POOLED = 32, 4, 16  # 8 x 8 patches, average-pooled to 4 x 4 cells of 8 x 8 pixels
@@ -136,23 +132,8 @@ class _Task:
 
     def train(self, model, name: str) -> None:
         """AdamW on every parameter; sigma of the perturbed top-K annealed linearly to `final_sigma`."""
-        settings = self.settings
         (train_x, train_y, _), _ = self.data
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
-        generator = torch.Generator().manual_seed(settings.seed)
-        topk_modules = perturbed_topk_modules(model)
-        model.train()
-        for step in tqdm(range(settings.steps), desc=name, disable=not settings.progress):
-            for module in topk_modules:
-                module.sigma = max(settings.final_sigma, module.sigma_max * (1 - step / settings.steps))
-            rows = torch.randint(0, len(train_y), (settings.batch_size,), generator=generator).numpy()
-            logits, _ = self._logits(model, train_x[rows])
-            loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(train_y[rows]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step % 100 == 0:
-                logger.info(f"{name} step {step}: loss {loss.item():.3f}")
+        train_label_task(model, self._logits, train_x, train_y, self.settings.steps, self.settings, name)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:

@@ -24,7 +24,15 @@ from videoadapt.modeling_reef import ReefForConditionalGeneration
 from videoadapt.testing.tiny_models import build_qformer_tokenizer, build_tiny_tokenizer
 
 
-__all__ = ["BACKGROUND", "COLORS", "NeedleSettings", "clip_pixels", "make_needle_videos", "run_needle"]
+__all__ = [
+    "BACKGROUND",
+    "COLORS",
+    "NeedleSettings",
+    "clip_pixels",
+    "make_needle_videos",
+    "run_needle",
+    "train_label_task",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -127,6 +135,30 @@ def clip_pixels(videos: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
+def train_label_task(
+    model, logits_fn, videos: np.ndarray, labels: np.ndarray, steps: int, settings, name: str
+) -> None:
+    """The synthetic tasks' training loop: AdamW (lr `settings.lr`, no weight decay) on cross-entropy over the answer
+    logits `logits_fn(model, videos)[0]` of random batches of `settings.batch_size`; the sigma of every perturbed
+    top-K decays linearly from its `sigma_max` over `steps`, floored at `settings.final_sigma` (as
+    SigmaAnnealingCallback). Batches are drawn from a generator seeded with `settings.seed`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(settings.seed)
+    topk_modules = perturbed_topk_modules(model)
+    model.train()
+    for step in tqdm(range(steps), desc=name, disable=not settings.progress):
+        for module in topk_modules:
+            module.sigma = max(settings.final_sigma, module.sigma_max * (1 - step / steps))
+        rows = torch.randint(0, len(labels), (settings.batch_size,), generator=generator).numpy()
+        logits, _ = logits_fn(model, videos[rows])
+        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels[rows]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0:
+            logger.info(f"{name} step {step}: loss {loss.item():.3f}")
+
+
 class _Task:
     """Training and evaluation on the needle data: the answer is the label token with the highest logit of the 5."""
 
@@ -146,21 +178,7 @@ class _Task:
     def train(self, model, steps: int, name: str) -> None:
         """AdamW on every parameter; sigma of every perturbed top-K annealed linearly to 0 over the stage."""
         (train_x, train_y, _), _ = self.data
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.lr, weight_decay=0.0)
-        generator = torch.Generator().manual_seed(self.settings.seed)
-        topk_modules = perturbed_topk_modules(model)
-        model.train()
-        for step in tqdm(range(steps), desc=name, disable=not self.settings.progress):
-            for module in topk_modules:  # linear annealing, as SigmaAnnealingCallback, floored at final_sigma
-                module.sigma = max(self.settings.final_sigma, module.sigma_max * (1 - step / steps))
-            rows = torch.randint(0, len(train_y), (self.settings.batch_size,), generator=generator).numpy()
-            logits, _ = self._logits(model, train_x[rows])
-            loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(train_y[rows]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step % 100 == 0:
-                logger.info(f"{name} step {step}: loss {loss.item():.3f}")
+        train_label_task(model, self._logits, train_x, train_y, steps, self.settings, name)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
