@@ -23,7 +23,15 @@ import numpy as np
 from videoadapt.processors.errors import MediaError
 
 
-__all__ = ["FpsSampler", "FrameSampler", "TimestampSampler", "UniformSampler", "VideoIndex", "frames_shown_at"]
+__all__ = [
+    "FpsSampler",
+    "FrameSampler",
+    "SegmentSampler",
+    "TimestampSampler",
+    "UniformSampler",
+    "VideoIndex",
+    "frames_shown_at",
+]
 
 
 @dataclass(frozen=True)
@@ -142,3 +150,46 @@ class TimestampSampler:
                 "pass timestamps within the video's duration.",
             )
         return frames_shown_at(index, times)
+
+
+@dataclass(frozen=True)
+class SegmentSampler:
+    """Another sampler run on the segment [start, end) seconds of a video only (a manifest row's `timestamps`).
+
+    The inner sampler sees a `VideoIndex` of the frames that start inside the segment (times re-based to the
+    segment's start), so "uniform 8" picks 8 frames spread over the segment and "fps 1" one per second of it.
+    """
+
+    inner: FrameSampler
+    start: float
+    end: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.start) and math.isfinite(self.end) and 0 <= self.start < self.end):
+            raise ValueError(
+                f"a segment needs 0 <= start < end in seconds, got start={self.start!r}, end={self.end!r}; "
+                "fix the row's `timestamps`."
+            )
+
+    def __call__(self, index: VideoIndex) -> np.ndarray:
+        times = index.frame_times
+        inside = np.flatnonzero((times >= self.start - TIME_TOLERANCE) & (times < self.end - TIME_TOLERANCE))
+        if inside.size == 0:
+            raise MediaError(
+                index.path,
+                f"the segment [{self.start}, {self.end}) s holds no frame of this {index.duration:.3f} s video; "
+                "pass timestamps within the video.",
+            )
+        first, last = int(inside[0]), int(inside[-1])
+        end = min(self.end, index.duration) - times[first]
+        sub = VideoIndex(
+            path=index.path,
+            pts=index.pts[first : last + 1],
+            keyframe_pts=index.keyframe_pts,
+            time_base=index.time_base,
+            fps=index.fps,
+            duration=float(end),
+            width=index.width,
+            height=index.height,
+        )
+        return np.asarray(self.inner(sub), dtype=np.int64) + first

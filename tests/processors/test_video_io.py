@@ -10,7 +10,13 @@ from transformers.video_utils import default_sample_indices_fn
 from transformers.video_utils import load_video as hf_load_video
 
 from videoadapt.processors.errors import MediaError
-from videoadapt.processors.sampling import FpsSampler, TimestampSampler, UniformSampler, VideoIndex
+from videoadapt.processors.sampling import (
+    FpsSampler,
+    SegmentSampler,
+    TimestampSampler,
+    UniformSampler,
+    VideoIndex,
+)
 from videoadapt.processors.synthetic import decode_frame_index, random_spec, write_synthetic_video
 from videoadapt.processors.video_io import load_video, probe_video
 
@@ -89,6 +95,38 @@ def test_fps_sampling_at_the_stream_rate_gives_every_frame_despite_float_roundin
     )  # fmt: skip
     assert np.array_equal(FpsSampler(10)(index), np.arange(360))
     assert np.array_equal(TimestampSampler([0.3, 0.7, 35.9])(index), [3, 7, 359])
+
+
+def _index_10fps(seconds: int) -> VideoIndex:
+    return VideoIndex(
+        path="x.mp4", pts=np.arange(10 * seconds, dtype=np.int64), keyframe_pts=np.array([0]), time_base=0.1,
+        fps=10.0, duration=float(seconds), width=8, height=8,
+    )  # fmt: skip
+
+
+def test_segment_sampler_runs_the_inner_sampler_on_the_segment_only():
+    index = _index_10fps(3)  # frames 0..29, frame i starts at i / 10 s
+    assert SegmentSampler(UniformSampler(4), 1.0, 2.0)(index).tolist() == [10, 12, 15, 17]  # floor(k * 10 / 4) + 10
+    assert SegmentSampler(FpsSampler(2), 1.0, 2.0)(index).tolist() == [10, 15]  # t = 1.0, 1.5
+    assert SegmentSampler(FpsSampler(1), 0.0, 99.0)(index).tolist() == [0, 10, 20]  # a segment past the end is clipped
+    assert SegmentSampler(TimestampSampler([0.0, 0.25]), 2.5, 3.0)(index).tolist() == [25, 27]
+
+
+def test_segment_sampler_errors():
+    with pytest.raises(ValueError, match="0 <= start < end"):
+        SegmentSampler(UniformSampler(2), 2.0, 1.0)
+    with pytest.raises(MediaError, match="holds no frame"):
+        SegmentSampler(UniformSampler(2), 5.0, 6.0)(_index_10fps(3))
+
+
+def test_segment_sampler_decodes_the_frames_of_the_segment(video):
+    path, truth, every = video
+    fps, total = truth["fps"], truth["num_frames"]
+    start, end = (total // 3) / fps, (2 * total // 3) / fps
+    frames, meta = load_video(path, SegmentSampler(UniformSampler(3), start, end))
+    inside = np.arange(total // 3, 2 * total // 3)
+    assert meta.frame_indices.tolist() == (inside[np.arange(3) * len(inside) // 3]).tolist()
+    assert np.array_equal(frames, every[meta.frame_indices])
 
 
 def test_ground_truth_json_sits_next_to_the_video(video):
