@@ -85,6 +85,11 @@ class CompactProcessor(ProcessorMixin):
             **kwargs,
         )
 
+    @property
+    def frame_sampler(self) -> FrameSampler:
+        """The `FrameSampler` that picks the frames of a video path (`sampler` holds the saved option)."""
+        return self._frame_sampler
+
     def _build_sampler(self, sampler: str | dict) -> FrameSampler:
         """The `FrameSampler` of a `sampler` option, returning exactly `num_frames` frames."""
         kind = sampler.get("type") if isinstance(sampler, dict) else sampler

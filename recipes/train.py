@@ -1,0 +1,192 @@
+"""Train a videoadapt recipe with `transformers.Trainer`, on one CPU or a cluster, with no code change.
+
+    accelerate launch [--config_file recipes/accelerate/ddp.yaml] -m videoadapt.recipes.train \\
+        --recipe reef/msvd_qa --stage main model=Salesforce/instructblip-vicuna-7b \\
+        train=data/msvd_qa.jsonl output_dir=runs/msvd_qa [key=value ...]
+
+`--recipe` is a shipped name (`reef/msvd_qa`, `dynfocus/default`, `compact/stage1`, ...) or a YAML path; the method
+is its folder's name unless `--method` says otherwise. `key=value` pairs (values parsed as YAML) are:
+- run keys: `model` (checkpoint to start from; default the recipe's base checkpoint), `train` / `eval` (JSONL
+  manifests; `eval` turns on evaluation loss), `output_dir`, `variant` (DynFocus freezing variants),
+  `max_per_device_batch_size` (the global batch stays the recipe's: gradient accumulation makes up the rest), `resume`
+  (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path);
+- `config.<field>`: model config overrides (e.g. `config.num_selected_tokens=4`);
+- `processor.<field>`: processor arguments (e.g. `processor.num_frames=4`);
+- any `TrainingArguments` field (`max_steps=3`, `bf16=false`, `gradient_checkpointing=true`, `eval_strategy=steps`,
+  `save_steps=100`, `report_to=tensorboard`, `learning_rate=1e-4`, ...), applied over the recipe's values.
+
+Checkpoints are written atomically (`VideoadaptTrainer`); the final model and processor go to `<output_dir>/model`.
+"""
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import TrainingArguments
+from transformers.utils import logging
+
+from videoadapt.recipes.manifest import load_manifest
+from videoadapt.recipes.training import METHODS, STAGING_PREFIX, SFTCollator, VideoadaptTrainer, method_of
+
+
+__all__ = ["RunOptions", "build_parser", "main", "parse_overrides", "train"]
+
+logger = logging.get_logger(__name__)
+
+_TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The run keys of the command line (see the module docstring)."""
+
+    train: str | None = None
+    output_dir: str | None = None
+    model: str | None = None
+    eval: str | None = None
+    variant: str | None = None
+    max_per_device_batch_size: int | None = None
+    resume: bool | str = False
+
+
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
+
+
+def parse_overrides(items: Sequence[str]) -> tuple[RunOptions, dict, dict, dict]:
+    """`key=value` items -> (run options, config overrides, processor overrides, TrainingArguments overrides)."""
+    run, config, processor, training = {}, {}, {}, {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"overrides must look like key=value, got {item!r}.")
+        value = yaml.safe_load(raw) if raw else None
+        head, dot, tail = key.partition(".")
+        if dot and head == "config":
+            config[tail] = value
+        elif dot and head == "processor":
+            processor[tail] = value
+        elif key in _RUN_FIELDS:
+            run[key] = str(value) if key in ("train", "eval", "output_dir", "model") and value is not None else value
+        elif key in _TRAINING_FIELDS:
+            training[key] = value
+        else:
+            raise ValueError(
+                f"unknown override {key!r}: use a run key ({', '.join(sorted(_RUN_FIELDS))}), `config.<field>`, "
+                "`processor.<field>` or a `transformers.TrainingArguments` field."
+            )
+    return RunOptions(**run), config, processor, training
+
+
+def _device_defaults(recipe_bf16: bool, training: dict) -> dict:
+    """CPU runs (no CUDA): `use_cpu` (so that accelerate's multi-process CPU launch uses gloo), and bf16 off unless
+    the command line asks for it."""
+    if torch.cuda.is_available():
+        return training
+    out = {"use_cpu": True, **training}
+    if recipe_bf16 and "bf16" not in training:
+        logger.info("No CUDA device: training in float32 (the recipe's bf16 is for GPUs; pass bf16=true to force).")
+        out["bf16"] = False
+    return out
+
+
+def _clean_staging(output_dir: Path) -> None:
+    """Remove what a killed run left half-written (staging folders never hold a complete checkpoint)."""
+    for path in output_dir.glob(f"{STAGING_PREFIX}*"):
+        logger.warning(f"Removing {path}: a checkpoint that an interrupted run did not finish writing.")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def train(
+    recipe_name: str | os.PathLike,
+    options: RunOptions,
+    stage: str | None = None,
+    method: str | None = None,
+    config: dict | None = None,
+    processor: dict | None = None,
+    training: dict | None = None,
+) -> Path:
+    """Run one recipe stage; returns `<output_dir>/model` (the trained model + processor)."""
+    spec = method_of(recipe_name, method)
+    stage = spec.check_stage(stage)
+    name = os.fspath(recipe_name)
+    if not Path(name).is_file():  # a shipped name: "reef/msvd_qa" -> the reef recipe "msvd_qa"
+        name = Path(name).name
+    recipe = spec.load_recipe(name, options.variant) if spec.name == "dynfocus" else spec.load_recipe(name)
+    if options.train is None or options.output_dir is None:
+        raise ValueError("pass `train=<manifest.jsonl>` and `output_dir=<folder>`.")
+    output_dir = Path(options.output_dir)
+    checkpoint = options.model or recipe.base_checkpoint
+    model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {})
+    trained = spec.apply_freezing(recipe, model, stage)
+    logger.info(f"{spec.name} recipe {recipe.name!r}, stage {stage}: training {len(trained)} parameter tensors.")
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    overrides = _device_defaults(bool(getattr(recipe, "bf16", False)), dict(training or {}))
+    if options.eval is not None:
+        overrides.setdefault("eval_strategy", "epoch")
+    args = spec.training_arguments(
+        recipe, stage, os.fspath(output_dir), world_size,
+        max_per_device_batch_size=options.max_per_device_batch_size, **overrides,
+    )  # fmt: skip
+    if args.should_save:
+        _clean_staging(output_dir)
+    collator = SFTCollator(proc, lambda row: spec.prompt(recipe, proc, row), train=True)
+    trainer = VideoadaptTrainer(
+        model=model,
+        args=args,
+        train_dataset=load_manifest(options.train, split="train"),
+        eval_dataset=None if options.eval is None else load_manifest(options.eval, split="validation"),
+        data_collator=collator,
+        callbacks=spec.callbacks(recipe, stage),
+    )
+    trainer.train(resume_from_checkpoint=options.resume or None)
+    return _save_final(trainer, proc, output_dir)
+
+
+def _save_final(trainer: VideoadaptTrainer, processor: Any, output_dir: Path) -> Path:
+    """`<output_dir>/model`, written to a staging folder and renamed (every process joins the save: FSDP/ZeRO-3)."""
+    final, staging = output_dir / "model", output_dir / f"{STAGING_PREFIX}model"
+    trainer.save_model(os.fspath(staging))
+    if trainer.args.should_save:
+        processor.save_pretrained(staging)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        logger.info(f"Saved the trained model and processor to {final}.")
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videoadapt train",
+        description="Train a videoadapt recipe with transformers.Trainer (launch with `accelerate launch -m "
+        "videoadapt.recipes.train` for several devices).",
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--recipe", required=True, help="shipped name (e.g. reef/msvd_qa) or YAML path")
+    parser.add_argument("--stage", default=None, help="recipe stage (REEF: initial|main; DynFocus: stage1|stage2)")
+    parser.add_argument("--method", default=None, choices=sorted(METHODS), help="default: the recipe's folder")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="run keys, config.*, processor.*, "
+                        "or TrainingArguments fields")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options, config, processor, training = parse_overrides(args.overrides)
+    train(args.recipe, options, args.stage, args.method, config, processor, training)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.set_verbosity_info()
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""What `videoadapt.recipes.train` needs for every method: the manifest collator, the method table, the Trainer.
+
+A method (`METHODS`) knows how to load its YAML recipe, build its model and processor from a checkpoint (a base
+checkpoint or an earlier stage's output), freeze what the stage freezes, and give the stage's `TrainingArguments`
+and callbacks. `SFTCollator` turns manifest rows into model inputs with labels on the answer only, through the
+method's own processor, so the video token counts are always the processor's. `VideoadaptTrainer` writes every
+checkpoint atomically (into a staging folder, then renamed), so a run killed mid-write never leaves a
+`checkpoint-N` that a resume would load.
+
+Shape legend: B rows per batch, L prompt + answer tokens.
+"""
+
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import logging
+
+from videoadapt.processors.sampling import SegmentSampler
+from videoadapt.processors.video_io import load_video
+
+
+__all__ = ["IGNORE_INDEX", "METHODS", "Method", "SFTCollator", "VideoadaptTrainer", "method_of"]
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+STAGING_PREFIX = ".staging-"
+
+
+# --------------------------------------------------------------------------------------------- the collator
+
+
+class SFTCollator:
+    """Manifest rows -> a batch for the method's model: the prompt through the processor, then the answer.
+
+    Training (`train=True`): right-padded `input_ids` = prompt + answers[0] + EOS, `labels` = -100 on the prompt and
+    the padding. Evaluation: left-padded prompts (for `generate`) and `references` (every row's answers), which the
+    caller pops. Rows with `timestamps` are decoded on their segment only (the processor's sampler on [start, end)).
+
+    Args:
+        processor: the method's processor (its `__call__(text, videos=...)` expands the video tokens).
+        prompt: row -> the text for the processor (the method's prompt format).
+        train: training batches (labels) or evaluation batches (prompts + references).
+    """
+
+    def __init__(self, processor: Any, prompt: Callable[[Mapping[str, Any]], str], train: bool = True):
+        self.processor, self.prompt, self.train = processor, prompt, train
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set `tokenizer.pad_token` before training.")
+
+    def _video(self, row: Mapping[str, Any]) -> Any:
+        path = row.get("video")
+        if path is None:
+            raise ValueError(f"row {row.get('id')!r} has no `video`; this method reads frames from a video file.")
+        if not row.get("timestamps"):
+            return path
+        start, end = row["timestamps"]
+        sampler = getattr(self.processor, "frame_sampler", None) or self.processor.sampler  # Compact: frame_sampler
+        frames, _ = load_video(path, SegmentSampler(sampler, float(start), float(end)))
+        return frames
+
+    def _answer_ids(self, row: Mapping[str, Any]) -> list[int]:
+        ids = self.tokenizer(" " + row["answers"][0].strip(), add_special_tokens=False).input_ids
+        return ids + [self.tokenizer.eos_token_id]
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        rows = list(rows)
+        batch = dict(self.processor([self.prompt(r) for r in rows], videos=[self._video(r) for r in rows]))
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.pop("input_ids"), batch.pop("attention_mask"))]
+        pad = self.tokenizer.pad_token_id
+        if self.train:
+            answers = [self._answer_ids(r) for r in rows]
+            length = max(len(p) + len(a) for p, a in zip(prompts, answers))
+            input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+            labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+            attention = torch.zeros((len(rows), length), dtype=torch.long)
+            for i, (p, a) in enumerate(zip(prompts, answers)):
+                input_ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+                labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+                attention[i, : len(p) + len(a)] = 1
+            return {**batch, "input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        length = max(len(p) for p in prompts)
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, length - len(p) :] = torch.tensor(p)
+            attention[i, length - len(p) :] = 1
+        return {
+            **batch,
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "references": [r["answers"] for r in rows],
+        }
+
+
+# --------------------------------------------------------------------------------------------- the methods
+
+
+def _subfolder_or_none(checkpoint: Path, name: str) -> Path | None:
+    return checkpoint / name if (checkpoint / name).is_dir() else None
+
+
+def _image_processor(checkpoint: Path) -> Any:
+    try:
+        return AutoImageProcessor.from_pretrained(checkpoint)
+    except (OSError, ValueError):  # no image processor saved: the processor's own preset for the tower's size
+        return None
+
+
+def _load_or_build_processor(processor_class: type, model: Any, checkpoint: Path, kwargs: dict, qformer: bool) -> Any:
+    """The processor saved with `checkpoint` (an earlier stage), else one built from the base's tokenizer(s)."""
+    if (checkpoint / "processor_config.json").is_file():
+        return processor_class.from_pretrained(checkpoint)
+    tokenizers = [AutoTokenizer.from_pretrained(checkpoint)]
+    if qformer:
+        folder = _subfolder_or_none(checkpoint, "qformer_tokenizer")
+        if folder is None:
+            raise ValueError(
+                f"{checkpoint} has no `qformer_tokenizer/` folder; InstructBLIP(-Video) checkpoints ship one. Pass an "
+                "InstructBLIP(-Video) base or an earlier stage's output."
+            )
+        tokenizers.append(AutoTokenizer.from_pretrained(folder))
+    return processor_class.from_model(model, *tokenizers, image_processor=_image_processor(checkpoint), **kwargs)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method's recipe and model plumbing. `stages`: the recipe's stage names (None: one stage per file)."""
+
+    name: str
+    stages: tuple[str, ...] | None
+    load_recipe: Callable[..., Any]
+    model_class: Callable[[], type]
+    processor_class: Callable[[], type]
+    qformer: bool  # the processor takes a Q-Former tokenizer too
+    video_in_text: bool  # the prompt holds the `<video>` placeholder (otherwise the processor prepends the tokens)
+
+    def _stage_args(self, stage: str | None) -> tuple:
+        return () if self.stages is None else (stage,)
+
+    def check_stage(self, stage: str | None) -> str | None:
+        if self.stages is None:
+            if stage is not None:
+                raise ValueError(f"{self.name} recipes hold one stage per file: drop `--stage` (got {stage!r}).")
+            return None
+        if stage not in self.stages:
+            raise ValueError(f"`--stage` must be one of {list(self.stages)} for {self.name}, got {stage!r}.")
+        return stage
+
+    def config_overrides(self, recipe: Any, stage: str | None) -> dict[str, Any]:
+        overrides = recipe.config_overrides(stage) if self.name == "reef" else recipe.config_overrides()
+        return dict(overrides)
+
+    def processor_kwargs(self, recipe: Any, stage: str | None) -> dict[str, Any]:
+        return dict(recipe.processor_kwargs(stage) if self.name == "reef" else recipe.processor_kwargs())
+
+    def build(
+        self, recipe: Any, stage: str | None, checkpoint: str | os.PathLike, config: dict, processor: dict
+    ) -> tuple[Any, Any]:
+        """(model, processor) from `checkpoint` with the recipe's config/processor settings and the overrides."""
+        checkpoint = Path(checkpoint)
+        model = self.model_class().from_pretrained(checkpoint, **{**self.config_overrides(recipe, stage), **config})
+        kwargs = {**self.processor_kwargs(recipe, stage), **processor}
+        return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, self.qformer)
+
+    def training_arguments(self, recipe: Any, stage: str | None, output_dir: str, world_size: int, **kw) -> Any:
+        return recipe.training_arguments(*self._stage_args(stage), output_dir, world_size, **kw)
+
+    def callbacks(self, recipe: Any, stage: str | None) -> list:
+        return list(recipe.callbacks(*self._stage_args(stage))) if hasattr(recipe, "callbacks") else []
+
+    def apply_freezing(self, recipe: Any, model: Any, stage: str | None) -> list[str]:
+        return recipe.apply_freezing(model, *self._stage_args(stage))
+
+    def prompt(self, recipe: Any, processor: Any, row: Mapping[str, Any]) -> str:
+        """The row's text for the processor: its question, or the recipe's prompt for question-less rows
+        (captioning); `<video> ` in front where the processor expects the placeholder in the text."""
+        question = row.get("question") or getattr(recipe, "prompt", "")
+        if not question:
+            raise ValueError(
+                f"row {row.get('id')!r} has no question and the {self.name} recipe no prompt; give the row a question."
+            )
+        return f"{processor.tokenizer.video_token} {question}" if self.video_in_text else question
+
+
+def _reef_recipe(name: str) -> Any:
+    from videoadapt.recipes.reef_recipes import load_recipe
+
+    return load_recipe(name)
+
+
+def _dynfocus_recipe(name: str, variant: str | None = None) -> Any:
+    from videoadapt.recipes.dynfocus_recipes import load_recipe
+
+    return load_recipe(name, variant)
+
+
+def _compact_recipe(name: str) -> Any:
+    from videoadapt.recipes.compact_recipes import load_recipe
+
+    return load_recipe(name)
+
+
+def _class(module: str, name: str) -> Callable[[], type]:
+    def get() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return get
+
+
+METHODS: dict[str, Method] = {
+    "reef": Method(
+        "reef", ("initial", "main"), _reef_recipe,
+        _class("videoadapt.modeling_reef", "ReefForConditionalGeneration"),
+        _class("videoadapt.processors.processing_reef", "ReefProcessor"), qformer=True, video_in_text=False,
+    ),
+    "dynfocus": Method(
+        "dynfocus", ("stage1", "stage2"), _dynfocus_recipe,
+        _class("videoadapt.modeling_dynfocus", "DynFocusForConditionalGeneration"),
+        _class("videoadapt.processors.processing_dynfocus", "DynFocusProcessor"), qformer=True, video_in_text=True,
+    ),
+    "compact": Method(
+        "compact", None, _compact_recipe,
+        _class("videoadapt.modeling_compact", "CompactForConditionalGeneration"),
+        _class("videoadapt.processors.processing_compact", "CompactProcessor"), qformer=False, video_in_text=True,
+    ),
+}  # fmt: skip
+
+
+def method_of(recipe_path: str | os.PathLike, method: str | None = None) -> Method:
+    """The method of a recipe: `method` if given, else the recipe's folder name (recipes/<method>/<setting>.yaml)."""
+    name = method or Path(recipe_path).parent.name or Path(str(recipe_path)).parts[0]
+    if name not in METHODS:
+        raise ValueError(
+            f"cannot tell the method of recipe {os.fspath(recipe_path)!r} (folder {name!r}); pass `--method` as one "
+            f"of {sorted(METHODS)}, or a shipped name such as 'reef/msvd_qa'."
+        )
+    return METHODS[name]
+
+
+# --------------------------------------------------------------------------------------------- the Trainer
+
+
+class VideoadaptTrainer(Trainer):
+    """`Trainer` whose checkpoints appear atomically: written to `<output_dir>/.staging-checkpoint-N/`, then renamed.
+
+    `checkpoint-N` therefore exists only once complete (model, optimizer, scheduler, RNG states, trainer state), and
+    `resume_from_checkpoint=True` never picks a half-written one. Older checkpoints rotate after the rename.
+    """
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        limit = self.args.save_total_limit
+        self._get_output_dir = lambda trial=None: staging_root  # the parent writes staging_root/checkpoint-N
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        final = os.path.join(run_dir, name)
+        if self.args.should_save:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging_root, name), final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+        best = self.state.best_model_checkpoint
+        if best and best.startswith(staging_root):  # this step is the best: point at its final folder
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(final, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            rotate_checkpoints(
+                run_dir, limit, self.state.best_model_checkpoint, checkpoint_prefix=PREFIX_CHECKPOINT_DIR
+            )
