@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
 from videoadapt.recipes.manifest import load_manifest
@@ -59,6 +59,19 @@ class RunOptions:
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
 
 
+def _parse_value(raw: str) -> Any:
+    """YAML scalars/lists (`true`, `3`, `[4, 2]`, `{type: uniform}`), plus numbers YAML 1.1 leaves as text (`1e-4`)."""
+    if not raw:
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(items: Sequence[str]) -> tuple[RunOptions, dict, dict, dict]:
     """`key=value` items -> (run options, config overrides, processor overrides, TrainingArguments overrides)."""
     run, config, processor, training = {}, {}, {}, {}
@@ -66,7 +79,7 @@ def parse_overrides(items: Sequence[str]) -> tuple[RunOptions, dict, dict, dict]
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"overrides must look like key=value, got {item!r}.")
-        value = yaml.safe_load(raw) if raw else None
+        value = _parse_value(raw)
         head, dot, tail = key.partition(".")
         if dot and head == "config":
             config[tail] = value
@@ -123,6 +136,7 @@ def train(
         raise ValueError("pass `train=<manifest.jsonl>` and `output_dir=<folder>`.")
     output_dir = Path(options.output_dir)
     checkpoint = options.model or recipe.base_checkpoint
+    set_seed(int((training or {}).get("seed", recipe.seed)))  # new modules start the same in every process and run
     model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {})
     trained = spec.apply_freezing(recipe, model, stage)
     logger.info(f"{spec.name} recipe {recipe.name!r}, stage {stage}: training {len(trained)} parameter tensors.")
