@@ -151,7 +151,7 @@ def train(
     )  # fmt: skip
     if args.should_save:
         _clean_staging(output_dir)
-    collator = SFTCollator(proc, lambda row: spec.prompt(recipe, proc, row), train=True)
+    collator = SFTCollator(proc, lambda row: spec.prompt(recipe, proc, row), True, spec.processor_extra(recipe))
     trainer = VideoadaptTrainer(
         model=model,
         args=args,
@@ -161,7 +161,10 @@ def train(
         callbacks=spec.callbacks(recipe, stage),
     )
     trainer.train(resume_from_checkpoint=options.resume or None)
-    return _save_final(trainer, proc, output_dir)
+    final = _save_final(trainer, proc, output_dir)
+    if trainer.args.should_save:
+        spec.final_artifacts(recipe, model, output_dir)
+    return final
 
 
 def _save_final(trainer: VideoadaptTrainer, processor: Any, output_dir: Path) -> Path:

@@ -48,11 +48,18 @@ class SFTCollator:
     Args:
         processor: the method's processor (its `__call__(text, videos=...)` expands the video tokens).
         prompt: row -> the text for the processor (the method's prompt format).
+        extra: rows -> more processor arguments for the batch (PAVE: the side-channel features).
         train: training batches (labels) or evaluation batches (prompts + references).
     """
 
-    def __init__(self, processor: Any, prompt: Callable[[Mapping[str, Any]], str], train: bool = True):
-        self.processor, self.prompt, self.train = processor, prompt, train
+    def __init__(
+        self,
+        processor: Any,
+        prompt: Callable[[Mapping[str, Any]], str],
+        train: bool = True,
+        extra: Callable[[Sequence[Mapping[str, Any]]], dict] | None = None,
+    ):  # extra: rows -> more processor arguments (PAVE's side channels)
+        self.processor, self.prompt, self.train, self.extra = processor, prompt, train, extra
         self.tokenizer = processor.tokenizer
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set `tokenizer.pad_token` before training.")
@@ -74,7 +81,8 @@ class SFTCollator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows = list(rows)
-        batch = dict(self.processor([self.prompt(r) for r in rows], videos=[self._video(r) for r in rows]))
+        extra = self.extra(rows) if self.extra else {}
+        batch = dict(self.processor([self.prompt(r) for r in rows], videos=[self._video(r) for r in rows], **extra))
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.pop("input_ids"), batch.pop("attention_mask"))]
         pad = self.tokenizer.pad_token_id
         if self.train:
@@ -181,6 +189,13 @@ class Method:
     def apply_freezing(self, recipe: Any, model: Any, stage: str | None) -> list[str]:
         return recipe.apply_freezing(model, *self._stage_args(stage))
 
+    def processor_extra(self, recipe: Any) -> Callable[[Sequence[Mapping[str, Any]]], dict] | None:
+        """rows -> more processor arguments (None: the video and the text are all the processor needs)."""
+        return None
+
+    def final_artifacts(self, recipe: Any, model: Any, output_dir: Path) -> None:
+        """Write what the method shares besides the whole model (PAVE: the patch folder)."""
+
     def prompt(self, recipe: Any, processor: Any, row: Mapping[str, Any]) -> str:
         """The row's text for the processor: its question, or the recipe's prompt for question-less rows
         (captioning); `<video> ` in front where the processor expects the placeholder in the text."""
@@ -190,6 +205,81 @@ class Method:
                 f"row {row.get('id')!r} has no question and the {self.name} recipe no prompt; give the row a question."
             )
         return f"{processor.tokenizer.video_token} {question}" if self.video_in_text else question
+
+
+class PaveMethod(Method):
+    """PAVE: the base (or a saved PAVE model) gets the recipe's patch and LoRA; rows carry side-channel features."""
+
+    _CLASSES = {
+        "llava_onevision": "PaveForConditionalGeneration",
+        "llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
+        "video_llava": "PaveVideoLlavaForConditionalGeneration",
+    }
+
+    def config_overrides(self, recipe: Any, stage: str | None) -> dict[str, Any]:
+        return {}
+
+    def build(self, recipe, stage, checkpoint, config, processor):
+        import importlib
+
+        unknown = sorted(set(config) - {"side_channel_dim"})
+        if unknown:
+            raise ValueError(f"PAVE takes only `config.side_channel_dim` (the feature width), got {unknown}.")
+        modeling = importlib.import_module("videoadapt.modeling_pave")
+        model_class = getattr(modeling, self._CLASSES[recipe.base_model_type])
+        checkpoint = Path(checkpoint)
+        model = model_class.from_pretrained(checkpoint)
+        if recipe.name not in model.patch_names:
+            recipe.add_patch(model, side_channel_dim=config.get("side_channel_dim"))
+        kwargs = {**recipe.processor_kwargs(), **processor}
+        return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, qformer=False)
+
+    def apply_freezing(self, recipe: Any, model: Any, stage: str | None) -> list[str]:
+        return recipe.apply_freezing(model)
+
+    def processor_extra(self, recipe: Any) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
+        kind, name = recipe.side_channel.kind, recipe.name
+
+        def side_channels(rows: Sequence[Mapping[str, Any]]) -> dict:
+            features = []
+            for row in rows:
+                files = row.get("side_channels") or {}
+                path = files.get(name) or files.get(kind)
+                if path is None:
+                    raise ValueError(
+                        f"row {row.get('id')!r} has no `side_channels` entry {name!r} or {kind!r}: PAVE trains on "
+                        "pre-extracted side-channel features (`SideChannelFeatures.save` files; see "
+                        "videoadapt.recipes.extract)."
+                    )
+                features.append({name: path})
+            return {"side_channels": features}
+
+        return side_channels
+
+    def final_artifacts(self, recipe: Any, model: Any, output_dir: Path) -> None:
+        model.save_patch(recipe.name, output_dir / "patch")
+
+    def prompt(self, recipe: Any, processor: Any, row: Mapping[str, Any]) -> str:
+        """The recipe's prompt (question, options) after the video, in the tokenizer's chat template, with the row's
+        earlier dialogue turns (`history`) as chat turns."""
+        fields = {"question": row.get("question") or None, "options": row.get("options")}
+        text = recipe.format_prompt(**{k: v for k, v in fields.items() if "{" + k + "}" in recipe.prompt})
+        messages = []
+        for i, (question, answer) in enumerate(row.get("history") or []):
+            content = [{"type": "text", "text": question}]
+            messages += [{"role": "user", "content": ([{"type": "video"}] if i == 0 else []) + content},
+                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}]  # fmt: skip
+        first = not messages
+        messages.append(
+            {"role": "user", "content": ([{"type": "video"}] if first else []) + [{"type": "text", "text": text}]}
+        )
+        return processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).rstrip(" ")
+
+
+def _pave_recipe(name: str) -> Any:
+    from videoadapt.recipes.pave_recipes import load_recipe
+
+    return load_recipe(name)
 
 
 def _reef_recipe(name: str) -> Any:
@@ -229,6 +319,10 @@ METHODS: dict[str, Method] = {
         "dynfocus", ("stage1", "stage2"), _dynfocus_recipe,
         _class("videoadapt.modeling_dynfocus", "DynFocusForConditionalGeneration"),
         _class("videoadapt.processors.processing_dynfocus", "DynFocusProcessor"), qformer=True, video_in_text=True,
+    ),
+    "pave": PaveMethod(
+        "pave", None, _pave_recipe, _class("videoadapt.modeling_pave", "PaveForConditionalGeneration"),
+        _class("videoadapt.processors.processing_pave", "PaveProcessor"), qformer=False, video_in_text=True,
     ),
     "compact": Method(
         "compact", None, _compact_recipe,

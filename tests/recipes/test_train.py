@@ -9,6 +9,7 @@ import torch
 from transformers import set_seed
 
 from videoadapt.processors.sampling import SegmentSampler, UniformSampler
+from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.synthetic import random_spec, write_synthetic_video
 from videoadapt.processors.video_io import load_video
 from videoadapt.recipes.manifest import load_manifest, write_manifest
@@ -26,19 +27,23 @@ RUNS = {  # method -> (base family, recipe, stage, overrides fitting the tiny mo
                   "config.spatial_clusters=[4,2]", "config.spatial_knn=[2,1]", "processor.sampler={type: uniform, "
                   "num_frames: 4}"]),
     "compact": ("llava_onevision", "compact/stage1", None, ["config.num_frames=4", "processor.num_frames=4"]),
+    "pave": ("llava_onevision", "pave/avsd", None, ["config.side_channel_dim=8", "processor.num_frames=4"]),
 }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    """4 short videos (24 frames at 12 fps), one row with a segment; a validation row."""
+    """4 short videos (24 frames at 12 fps) with audio-like side-channel features, one row with a segment; a
+    validation row."""
     root = tmp_path_factory.mktemp("data")
     rows = []
     for i in range(4):
         spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)
         write_synthetic_video(root / f"v{i}.mp4", spec)
+        features = torch.randn(2, 1, 1, 8, generator=torch.Generator().manual_seed(i))
+        SideChannelFeatures("audio", features, torch.tensor([0.5, 1.5])).save(root / f"a{i}.safetensors")
         rows.append({"id": f"train/{i}", "split": "train", "video": f"v{i}.mp4", "question": "what color is the circle?",
-                     "answers": [["red", "green", "blue", "yellow"][i]]})  # fmt: skip
+                     "answers": [["red", "green", "blue", "yellow"][i]], "side_channels": {"audio": f"a{i}.safetensors"}})  # fmt: skip
     rows[1]["timestamps"] = [0.5, 1.5]
     rows.append({**rows[0], "id": "val/0", "split": "validation"})
     write_manifest(rows, root / "data.jsonl")
@@ -52,7 +57,8 @@ def test_a_tiny_run_trains_exactly_the_recipes_parameters(method, manifest, tiny
     argv = ["--recipe", recipe, *(["--stage", stage] if stage else []), *extra, *FAST,
             f"model={tiny_checkpoints[family]}", f"train={manifest}", f"eval={manifest}", f"output_dir={out}"]  # fmt: skip
     assert main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "model"]  # no staging left
+    shared = ["patch"] if method == "pave" else []  # PAVE also writes the patch alone
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "model", *shared]  # no staging
     spec = METHODS[method]
     options, config, processor, _ = parse_overrides(argv[argv.index(extra[0]) :])
     loaded = spec.load_recipe(Path(recipe).name)
@@ -68,6 +74,11 @@ def test_a_tiny_run_trains_exactly_the_recipes_parameters(method, manifest, tiny
     last = spec.model_class().from_pretrained(out / "checkpoint-2").state_dict()
     assert all(torch.equal(last[k], after[k]) for k in changed)
     assert (out / "model" / "processor_config.json").is_file()
+    if method == "pave":  # the shared patch alone, loaded onto the untouched base, carries every trained weight
+        base = spec.model_class().from_pretrained(tiny_checkpoints[family])
+        base.load_patch(out / "patch", name="avsd")
+        patched = base.state_dict()
+        assert all(torch.equal(patched[k], after[k]) for k in changed)
 
 
 def test_collator_masks_the_prompt_and_decodes_segments(manifest, tiny_checkpoints):
