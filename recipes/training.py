@@ -273,7 +273,9 @@ class PaveMethod(Method):
         messages.append(
             {"role": "user", "content": ([{"type": "video"}] if first else []) + [{"type": "text", "text": text}]}
         )
-        return processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).rstrip(" ")
+        return processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).rstrip(
+            " "
+        )
 
 
 def _pave_recipe(name: str) -> Any:
