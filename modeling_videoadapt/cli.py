@@ -2,15 +2,22 @@
 
 videoadapt --version
 videoadapt models            # every registered model type, its classes and Auto classes
+videoadapt train --recipe reef/msvd_qa --stage main model=... train=data.jsonl output_dir=runs/msvd_qa
+videoadapt eval --recipe reef/msvd_qa model=runs/msvd_qa/model eval=data.jsonl output_dir=runs/msvd_qa/eval
+videoadapt extract data.jsonl --model llava-ov/ --output features/ [--num-proc 4] [--cache-dir cache/]
+videoadapt ask MODEL_OR_PATCH_DIR VIDEO "question" [--side-channel audio=features.safetensors]
 videoadapt visualize reef MODEL_DIR VIDEO --question "..." --out picture.png [--num-frames N]
 videoadapt visualize dynfocus MODEL_DIR VIDEO --question "..." --out picture.png [--frame T]
+videoadapt redundancy data.jsonl --clip openai/clip-vit-base-patch32
+videoadapt import-official-pave OFFICIAL_DIR OUT_DIR --side-channel audio --side-channel-dim 1024 --output-dim 896
+
+`videoadapt COMMAND --help` explains each command's arguments, with an example.
 """
 
-from __future__ import annotations
-
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import videoadapt
@@ -55,20 +62,29 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example_parser(sub: argparse._SubParsersAction, name: str, summary: str, example: str, **kwargs: Any):
+    """A subcommand described by `summary`, whose `--help` ends with `example`."""
+    return sub.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=example,
+        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs,
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videoadapt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="videoadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"videoadapt {videoadapt.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = sub.add_parser("models", help="list every registered model type and its classes")
+    models = _example_parser(sub, "models", "list every registered model type and its classes",
+                             "example:\n  videoadapt models --json > models.json")  # fmt: skip
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(func=_cmd_models)
-    importer = sub.add_parser(
-        "import-official-pave",
-        add_help=False,
-        help="convert a released official PAVE patch into a videoadapt patch folder",
-    )
-    importer.add_argument("args", nargs=argparse.REMAINDER)
-    importer.set_defaults(func=_cmd_import_official_pave)
+    for name, summary in _FORWARDED_HELP.items():  # these parse their own arguments (see `main`)
+        forwarded = sub.add_parser(name, add_help=False, help=summary)
+        forwarded.add_argument("args", nargs=argparse.REMAINDER)
+    _add_extract(sub)
+    _add_ask(sub)
     _add_visualize(sub)
     _add_redundancy(sub)
     return parser
@@ -82,11 +98,18 @@ def _positive_int(text: str) -> int:
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
-    visualize = sub.add_parser("visualize", help="draw what a model kept and merged for one video")
+    visualize = _example_parser(
+        sub, "visualize", "draw what a model kept and merged for one video",
+        "examples:\n  videoadapt visualize reef runs/msvd_qa/model clip.mp4 --question 'what is he doing?' "
+        "--out reef.png"
+        "\n  videoadapt visualize dynfocus runs/dynfocus/model clip.mp4 --question 'what happens?' --out dynfocus.png",
+    )  # fmt: skip
     methods = visualize.add_subparsers(dest="method", metavar="METHOD", required=True)
-    reef = methods.add_parser(
-        "reef", help="REEF: kept spatial tokens, relevance heat maps and memory merges, one column per frame"
-    )
+    reef = _example_parser(
+        methods, "reef", "REEF: kept spatial tokens, relevance heat maps and memory merges, one column per frame",
+        "example:\n  videoadapt visualize reef runs/msvd_qa/model clip.mp4 --question 'what is the man doing?' "
+        "--out reef.png --num-frames 8",
+    )  # fmt: skip
     reef.add_argument("model_dir", help="a saved REEF model folder with its processor")
     reef.add_argument("video", help="a video file (sampled uniformly)")
     reef.add_argument("--question", required=True, help="the question or instruction")
@@ -97,9 +120,12 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     reef.add_argument("--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it")
     reef.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     reef.set_defaults(func=_cmd_visualize_reef)
-    dynfocus = methods.add_parser(
-        "dynfocus", help="DynFocus: frames coloured by event, kept events, key frames, and one frame's S-DPC clusters"
-    )
+    dynfocus = _example_parser(
+        methods, "dynfocus",
+        "DynFocus: frames coloured by event, kept events, key frames, and one frame's S-DPC clusters",
+        "example:\n  videoadapt visualize dynfocus runs/dynfocus/model clip.mp4 --question 'what happens first?' "
+        "--out dynfocus.png --frame 3",
+    )  # fmt: skip
     dynfocus.add_argument("model_dir", help="a saved DynFocus model folder with its processor")
     dynfocus.add_argument("video", help="a video file (sampled as the processor does: 1 fps by default)")
     dynfocus.add_argument("--question", required=True, help="the question")
@@ -182,9 +208,11 @@ def _positive_number(text: str) -> float:
 
 
 def _add_redundancy(sub: argparse._SubParsersAction) -> None:
-    redundancy = sub.add_parser(
-        "redundancy", help="DynFocus Appendix A: temporal (r_d) and answer (r_a) redundancy of videos, with CLIP"
-    )
+    redundancy = _example_parser(
+        sub, "redundancy", "DynFocus Appendix A: temporal (r_d) and answer (r_a) redundancy of videos, with CLIP",
+        "example:\n  videoadapt redundancy data/msvd_qa.jsonl --clip openai/clip-vit-base-patch32 --num-videos 50 "
+        "--json redundancy.json",
+    )  # fmt: skip
     redundancy.add_argument(
         "manifest", help="JSONL, one {video, question, answer} per line; video paths relative to the manifest"
     )
@@ -244,16 +272,296 @@ def _cmd_redundancy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_import_official_pave(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------------------------- forwarded commands
+
+_IMPORT_EXAMPLE = """
+example (a released ImageBind-audio patch of LLaVA-OneVision-7B):
+  videoadapt import-official-pave pave_avsd_7b/ patches/avsd --side-channel audio --side-channel-dim 1024 \\
+      --output-dim 3584 --base-model llava-hf/llava-onevision-qwen2-7b-ov-hf"""
+
+_TRAIN_EXAMPLE = """
+example (a tiny CPU run; `accelerate launch -m videoadapt.recipes.train ...` for several devices):
+  videoadapt train --recipe compact/stage1 model=tiny-llava-ov/ train=data.jsonl output_dir=runs/compact \\
+      max_steps=10 processor.num_frames=4 config.num_frames=4"""
+
+_FORWARDED_HELP = {
+    "train": "train a recipe with transformers.Trainer (`videoadapt train --help`)",
+    "eval": "evaluate a trained model on a manifest: predictions.jsonl + scores.json",
+    "import-official-pave": "convert a released official PAVE patch into a videoadapt patch folder",
+}
+
+
+@contextlib.contextmanager
+def _progress_logging() -> Iterator[None]:
+    """videoadapt's INFO messages on stderr while a long command runs (the library itself never configures logging)."""
+    import logging
+
+    root = logging.getLogger("videoadapt")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[videoadapt] %(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _fail(command: str, error: BaseException) -> int:
+    print(f"videoadapt {command}: error: {error}", file=sys.stderr)
+    return 1
+
+
+def _cmd_train(argv: Sequence[str]) -> int:
+    from videoadapt.recipes.train import build_parser as train_parser
+    from videoadapt.recipes.train import parse_overrides, train
+
+    parser = train_parser()
+    parser.epilog = f"{parser.epilog.rstrip()}\n{_TRAIN_EXAMPLE}"
+    args = parser.parse_args(argv)
+    with _progress_logging():
+        try:
+            options, config, processor, training = parse_overrides(args.overrides)
+            final = train(args.recipe, options, args.stage, args.method, config, processor, training)
+        except (ValueError, OSError) as error:
+            return _fail("train", error)
+    print(f"saved the trained model and processor to {final}")
+    return 0
+
+
+def _cmd_eval(argv: Sequence[str]) -> int:
+    from videoadapt.recipes.evaluate import main as evaluate_main
+
+    with _progress_logging():
+        try:
+            return evaluate_main(argv)
+        except (ValueError, OSError) as error:
+            return _fail("eval", error)
+
+
+def _cmd_import_official_pave(argv: Sequence[str]) -> int:
     from videoadapt.pave_import import main as import_main
 
-    return import_main(args.args)
+    try:
+        return import_main(argv)
+    except SystemExit:
+        if "-h" in argv or "--help" in argv:
+            print(_IMPORT_EXAMPLE)
+        raise
+
+
+_FORWARDED: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "import-official-pave": _cmd_import_official_pave,
+}
+
+
+# --------------------------------------------------------------------------------------------- extract
+
+_EXTRACT_EXAMPLE = """\
+Each row gets `frame_features` [T, L, C] (T sampled frames, L tokens per frame), `frame_features_length` and
+`frame_features_timestamps`; the dataset is saved with `datasets.save_to_disk` (`datasets.load_from_disk(OUTPUT)`).
+The Arrow cache makes a killed run resume: rerun the same command (see docs/distributed.md).
+
+example (32 SigLIP frames per video of LLaVA-OneVision's tower, 4 processes on one GPU):
+  videoadapt extract data/train.jsonl --model llava-hf/llava-onevision-qwen2-7b-ov-hf --output features/train \\
+      --split train --num-frames 32 --num-proc 4 --device cuda:0 --cache-dir cache/siglip --unique-videos"""
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    extract = _example_parser(
+        sub, "extract", "pre-extract frame features of a manifest's videos with a model's vision tower",
+        _EXTRACT_EXAMPLE,
+    )  # fmt: skip
+    extract.add_argument("manifest", help="JSONL manifest (videoadapt.recipes.manifest); rows need `video`")
+    extract.add_argument("--model", required=True, help="model folder or Hub id whose vision tower encodes the frames "
+                         "(a base checkpoint or a videoadapt model)")  # fmt: skip
+    extract.add_argument("--output", required=True, help="folder to write the dataset with the features to (new)")
+    extract.add_argument("--split", default=None, help="one split (train, validation, test); default all")
+    extract.add_argument("--cache-dir", default=None, help="Arrow cache (default: OUTPUT-cache); reruns resume")
+    extract.add_argument("--num-proc", type=_positive_int, default=None, help="worker processes (default 1)")
+    frames = extract.add_mutually_exclusive_group()
+    frames.add_argument("--num-frames", type=_positive_int, default=None, help="uniform frames per video (default 32)")
+    frames.add_argument("--fps", type=_positive_number, default=None, help="frames per second instead")
+    extract.add_argument("--max-frames", type=_positive_int, default=None, help="cap on frames with --fps")
+    extract.add_argument("--feature-layer", type=int, default=None, help="hidden state to keep (default: the config's "
+                         "vision_feature_layer, else the last hidden state)")  # fmt: skip
+    extract.add_argument("--preprocessor", default=None, help="frame preprocessing preset (default: the model "
+                         "folder's processor or image processor); one of FramePreprocessor.presets()")  # fmt: skip
+    extract.add_argument("--batch-size", type=_positive_int, default=8, help="rows per map batch (default 8)")
+    extract.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="feature storage")
+    extract.add_argument("--device", default=None, help="torch device of the tower (default: cuda:0 if available)")
+    extract.add_argument("--unique-videos", action="store_true", help="one row per distinct video")
+    extract.set_defaults(func=_cmd_extract)
+
+
+_TOWER_ATTRIBUTES = ("video_tower", "vision_tower", "vision_model")  # Video-LLaVA, LLaVA families, InstructBLIP
+
+
+def _vision_tower(model: Any) -> Any:
+    """The frame encoder of a video LLM (on the model or its headless `model`)."""
+    for owner in (model, getattr(model, "model", None)):
+        for name in _TOWER_ATTRIBUTES:
+            tower = getattr(owner, name, None) if owner is not None else None
+            if tower is not None:
+                return tower
+    raise ValueError(f"{type(model).__name__} has no {' / '.join(_TOWER_ATTRIBUTES)}; pass a video LLM to `--model`.")
+
+
+def _frame_preprocessor(args: argparse.Namespace) -> Any:
+    """`--preprocessor`, else the model folder's videoadapt processor settings, else its image processor."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoImageProcessor
+
+    from videoadapt.processors.image_processing import FramePreprocessor
+
+    if args.preprocessor is not None:
+        return FramePreprocessor.for_model(args.preprocessor)
+    saved = Path(args.model) / "processor_config.json"
+    if saved.is_file():
+        settings = json.loads(saved.read_text(encoding="utf-8")).get("frame_preprocessor")
+        if settings:
+            return FramePreprocessor.from_dict(settings)
+    try:
+        return AutoImageProcessor.from_pretrained(args.model)
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{args.model} has no image processor; pass `--preprocessor` as one of {FramePreprocessor.presets()}."
+        ) from None
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    """Load the manifest and the tower, extract into the Arrow cache, save the dataset to `args.output`."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from datasets import DatasetDict
+    from transformers import AutoModelForImageTextToText
+
+    from videoadapt.processors.sampling import FpsSampler, UniformSampler
+    from videoadapt.recipes.extract import FrameFeatureEncoder, extract_features, unique_media
+    from videoadapt.recipes.manifest import load_manifest
+
+    output = Path(args.output)
+    if output.exists():
+        raise ValueError(f"`--output` {str(output)!r} already exists; pass a new folder (or delete it first).")
+    if args.max_frames is not None and args.fps is None:
+        raise ValueError("`--max-frames` caps `--fps` sampling; pass `--fps` too, or use `--num-frames`.")
+    rows = load_manifest(args.manifest, split=args.split)
+    splits = {"rows": rows} if args.split is not None else dict(rows)
+    if args.unique_videos:
+        splits = {name: unique_media(split, "video") for name, split in splits.items()}
+    model = AutoModelForImageTextToText.from_pretrained(args.model)
+    layer = (
+        args.feature_layer if args.feature_layer is not None else getattr(model.config, "vision_feature_layer", None)
+    )
+    sampler = UniformSampler(args.num_frames or 32) if args.fps is None else FpsSampler(args.fps, args.max_frames)
+    encoder = FrameFeatureEncoder(
+        _vision_tower(model),
+        _frame_preprocessor(args),
+        sampler,
+        feature_layer=layer if isinstance(layer, int) else None,
+    )
+    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    cache_dir = args.cache_dir or f"{os.fspath(output).rstrip(os.sep)}-cache"
+    options = dict(num_proc=args.num_proc, batch_size=args.batch_size, dtype=args.dtype)
+    done = {name: extract_features(split, encoder, "video", cache_dir, devices=None if device == "cpu" else [device],
+                                   **options) for name, split in splits.items()}  # fmt: skip
+    staging = output.with_name(f".{output.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    result = done["rows"] if args.split is not None else DatasetDict(done)
+    result.save_to_disk(os.fspath(staging))
+    os.replace(staging, output)
+    return sum(len(split) for split in done.values())
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    with _progress_logging():
+        try:
+            rows = _run_extract(args)
+        except (ValueError, OSError) as error:
+            return _fail("extract", error)
+    print(f"wrote {rows} rows with frame features to {Path(args.output)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- ask
+
+_ASK_EXAMPLE = """\
+The answer streams to stdout token by token (greedy decoding); with --num-beams > 1 it is printed at the end.
+
+examples:
+  videoadapt ask runs/msvd_qa/model clip.mp4 "what is the man doing?"
+  videoadapt ask patches/avsd clip.mp4 "what can you hear?" --base llava-ov-7b/ \\
+      --side-channel audio=features/clip_audio.safetensors"""
+
+
+def _add_ask(sub: argparse._SubParsersAction) -> None:
+    ask = _example_parser(sub, "ask", "answer a question about a video with a trained model or a PAVE patch",
+                          _ASK_EXAMPLE)  # fmt: skip
+    ask.add_argument("model", help="a trained videoadapt model folder (with its processor) or a PAVE patch folder")
+    ask.add_argument("video", help="the video file")
+    ask.add_argument("question", help="the question or instruction")
+    ask.add_argument("--base", default=None, help="a patch's base model folder (default: the base named in "
+                     "patch_config.json; needed offline)")  # fmt: skip
+    ask.add_argument(
+        "--side-channel", action="append", default=[], metavar="NAME=FILE",
+        help="features of a PAVE patch (NAME: patch name or side-channel kind; FILE: a SideChannelFeatures.save file)",
+    )  # fmt: skip
+    ask.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest answer (default 64)")
+    ask.add_argument("--num-beams", type=_positive_int, default=1, help="beam size (default 1: greedy, streamed)")
+    ask.add_argument("--num-frames", type=_positive_int, default=None, help="frames per video when a patch's base "
+                     "has no saved processor (default 32)")  # fmt: skip
+    ask.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ask.set_defaults(func=_cmd_ask)
+
+
+def _side_channel_files(items: Sequence[str]) -> dict[str, str]:
+    files = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"`--side-channel` must look like NAME=FILE (e.g. audio=clip.safetensors), got {item!r}.")
+        files[name] = path
+    return files
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from transformers import TextStreamer
+
+    from videoadapt.recipes.ask import answer, load_for_ask, prepare_inputs
+
+    try:
+        if not Path(args.video).is_file():
+            raise ValueError(f"`video` must be an existing video file, got {args.video!r}.")
+        files = _side_channel_files(args.side_channel)
+        loaded = load_for_ask(args.model, base=args.base, num_frames=args.num_frames, device=args.device)
+        inputs = prepare_inputs(loaded, args.video, args.question, files)
+        tokenizer = loaded.processor.tokenizer
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.num_beams == 1 else None
+        text = answer(loaded, inputs, args.max_new_tokens, args.num_beams, streamer)
+    except (ValueError, OSError) as error:
+        return _fail("ask", error)
+    if streamer is None:
+        print(text)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["import-official-pave"]:  # its own parser takes every argument, --help included
-        return _cmd_import_official_pave(argparse.Namespace(args=argv[1:]))
+    if argv[:1] and argv[0] in _FORWARDED:  # their own parsers take every argument, --help included
+        return _FORWARDED[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

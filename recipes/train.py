@@ -36,7 +36,7 @@ from videoadapt.recipes.manifest import load_manifest
 from videoadapt.recipes.training import METHODS, STAGING_PREFIX, SFTCollator, VideoadaptTrainer, method_of
 
 
-__all__ = ["RunOptions", "build_parser", "main", "parse_overrides", "train"]
+__all__ = ["RunOptions", "build_parser", "main", "parse_overrides", "parse_value", "split_override", "train"]
 
 logger = logging.get_logger(__name__)
 
@@ -59,11 +59,14 @@ class RunOptions:
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
 
 
-def _parse_value(raw: str) -> Any:
-    """YAML scalars/lists (`true`, `3`, `[4, 2]`, `{type: uniform}`), plus numbers YAML 1.1 leaves as text (`1e-4`)."""
+def parse_value(raw: str) -> Any:
+    """A command-line value: YAML scalars/lists (`true`, `3`, `[4, 2]`, `{type: uniform}`), numbers YAML 1.1 leaves as
+    text (`1e-4`) as floats, and yes/no/on/off kept as text (only true/false are booleans: `save_strategy=no`)."""
     if not raw:
         return None
     value = yaml.safe_load(raw)
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        return raw.strip()
     if isinstance(value, str):
         try:
             return float(value)
@@ -72,14 +75,19 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
+def split_override(item: str) -> tuple[str, Any]:
+    """`key=value` -> (key, `parse_value(value)`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"overrides must look like key=value, got {item!r}.")
+    return key, parse_value(raw)
+
+
 def parse_overrides(items: Sequence[str]) -> tuple[RunOptions, dict, dict, dict]:
     """`key=value` items -> (run options, config overrides, processor overrides, TrainingArguments overrides)."""
     run, config, processor, training = {}, {}, {}, {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"overrides must look like key=value, got {item!r}.")
-        value = _parse_value(raw)
+        key, value = split_override(item)
         head, dot, tail = key.partition(".")
         if dot and head == "config":
             config[tail] = value
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="videoadapt train",
         description="Train a videoadapt recipe with transformers.Trainer (launch with `accelerate launch -m "
         "videoadapt.recipes.train` for several devices).",
-        epilog=__doc__.split("\n\n", 2)[2],
+        epilog="example:\n" + __doc__.split("\n\n", 2)[1] + "\n\n" + __doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--recipe", required=True, help="shipped name (e.g. reef/msvd_qa) or YAML path")
@@ -206,4 +214,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.set_verbosity_info()
+    logging.get_logger("videoadapt").setLevel(logging.INFO)  # our loggers live outside transformers' root
     sys.exit(main())

@@ -146,6 +146,8 @@ def test_overrides_are_sorted_into_their_kinds():
     assert options == RunOptions(train="a.jsonl", model="/ckpt", resume=True)
     assert config == {"num_events": 4, "spatial_clusters": [4, 2]} and processor == {"num_frames": 8}
     assert training == {"max_steps": 3, "bf16": False, "learning_rate": 1e-4, "report_to": "tensorboard"}
+    _, _, _, training = parse_overrides(["save_strategy=no", "bf16=true", "eval_strategy=steps"])
+    assert training == {"save_strategy": "no", "bf16": True, "eval_strategy": "steps"}  # only true/false are booleans
 
 
 @pytest.mark.parametrize(
