@@ -61,10 +61,16 @@ def _resolve_folder(path_or_repo: str | os.PathLike, revision: str | None, subfo
     return Path(root) / (subfolder or "")
 
 
+_TMP_PREFIX = ".tmp-patch-"
+
+
 def _atomic_folder_write(directory: Path, write) -> None:
-    """Write every file into a temporary sibling folder, then move each into `directory` with os.replace."""
+    """Write every file into a temporary sibling folder, then move each into `directory` with os.replace. Temporary
+    folders of an earlier write that was killed (SIGKILL skips their clean-up) are removed first."""
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-patch-") as tmp:
+    for stale in directory.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=_TMP_PREFIX) as tmp:
         write(Path(tmp))
         for item in sorted(Path(tmp).iterdir()):
             os.replace(item, directory / item.name)

@@ -127,8 +127,16 @@ def test_a_checkpoint_that_fails_mid_write_never_appears(manifest, tiny_checkpoi
 
     monkeypatch.setattr(Trainer, "_save_rng_state", crash_on_second)
     out = tmp_path / "run"
-    argv = ["--recipe", recipe, *extra, *FAST, f"model={tiny_checkpoints[family]}", f"train={manifest}",
-            f"output_dir={out}"]  # fmt: skip
+    argv = [
+        "--recipe",
+        recipe,
+        *extra,
+        *FAST,
+        "warmup_steps=0",
+        f"model={tiny_checkpoints[family]}",
+        f"train={manifest}",
+        f"output_dir={out}",
+    ]  # fmt: skip  (no warmup: step 1 changes the weights)
     with pytest.raises(KeyboardInterrupt):
         main(argv)
     names = {p.name for p in out.iterdir()}
@@ -136,6 +144,11 @@ def test_a_checkpoint_that_fails_mid_write_never_appears(manifest, tiny_checkpoi
     monkeypatch.setattr(Trainer, "_save_rng_state", original)
     main([*argv, "resume=true"])  # resumes from checkpoint-1 and removes the leftover staging folder
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "model"]
+    whole = tmp_path / "uninterrupted"
+    main([*argv[:-1], f"output_dir={whole}"])
+    model_class = METHODS["compact"].model_class()
+    resumed, expected = (model_class.from_pretrained(d / "model").state_dict() for d in (out, whole))
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)  # the resume restored the trained projector
 
 
 def test_overrides_are_sorted_into_their_kinds():
