@@ -12,7 +12,7 @@ is its folder's name unless `--method` says otherwise. `key=value` pairs (values
   (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path);
 - `config.<field>`: model config overrides (e.g. `config.num_selected_tokens=4`);
 - `processor.<field>`: processor arguments (e.g. `processor.num_frames=4`);
-- any `TrainingArguments` field (`max_steps=3`, `bf16=false`, `gradient_checkpointing=true`, `eval_strategy=steps`,
+- any `TrainingArguments` field (`max_steps=3`, `bf16=false`, `activation_checkpointing=true`, `eval_strategy=steps`,
   `save_steps=100`, `report_to=tensorboard`, `learning_rate=1e-4`, ...), applied over the recipe's values.
 
 Checkpoints are written atomically (`VideoadaptTrainer`); the final model and processor go to `<output_dir>/model`.
