@@ -44,7 +44,7 @@ from videoadapt.recipes.recipe_utils import (
     set_trainable,
     sources_map,
     spec,
-    split_batch,
+    stage_training_arguments,
     text,
     trainable_parameter_names,
 )
@@ -131,14 +131,14 @@ class CompactRecipe:
                 largest divisor of (global batch / world size) within it, and gradient accumulation makes up the rest.
             **overrides: any `TrainingArguments` field, applied last (e.g. `bf16=False`, `use_cpu=True`).
         """
-        per_device, accumulation = split_batch(self.batch_size, world_size, max_per_device_batch_size)
-        kwargs = dict(
-            output_dir=os.fspath(output_dir),
+        return stage_training_arguments(
+            output_dir,
+            self.batch_size,
+            world_size,
+            max_per_device_batch_size,
+            overrides,
             learning_rate=self.learning_rate,
             num_train_epochs=self.epochs,
-            per_device_train_batch_size=per_device,
-            per_device_eval_batch_size=per_device,
-            gradient_accumulation_steps=accumulation,
             optim=self.optimizer,
             adam_beta1=self.adam_betas[0],
             adam_beta2=self.adam_betas[1],
@@ -147,11 +147,7 @@ class CompactRecipe:
             warmup_steps=self.warmup_ratio,  # < 1: a fraction of the training steps (transformers 5's warmup ratio)
             bf16=self.bf16,
             seed=self.seed,
-            report_to="none",
-            remove_unused_columns=False,  # video datasets carry paths the collator needs
         )
-        kwargs.update(overrides)
-        return TrainingArguments(**kwargs)
 
     def trainable_parameters(self, model: nn.Module) -> list[str]:
         """Names of the parameters of `model` this stage trains (the longest matching prefix decides)."""

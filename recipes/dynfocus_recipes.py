@@ -50,7 +50,7 @@ from videoadapt.recipes.recipe_utils import (
     shown,
     sources_map,
     spec,
-    split_batch,
+    stage_training_arguments,
     text,
     trainable_parameter_names,
 )
@@ -217,14 +217,14 @@ class DynFocusRecipe:
                 `deepspeed=recipe.deepspeed_config(stage)`).
         """
         s = self.stage(stage)
-        per_device, accumulation = split_batch(s.batch_size, world_size, max_per_device_batch_size)
-        kwargs = dict(
-            output_dir=os.fspath(output_dir),
+        return stage_training_arguments(
+            output_dir,
+            s.batch_size,
+            world_size,
+            max_per_device_batch_size,
+            overrides,
             learning_rate=s.learning_rate,
             num_train_epochs=s.epochs,
-            per_device_train_batch_size=per_device,
-            per_device_eval_batch_size=per_device,
-            gradient_accumulation_steps=accumulation,
             optim=self.optimizer,
             adam_beta1=self.adam_betas[0],
             adam_beta2=self.adam_betas[1],
@@ -233,11 +233,7 @@ class DynFocusRecipe:
             warmup_steps=self.warmup_ratio,  # < 1: a fraction of the training steps (transformers 5's warmup ratio)
             bf16=self.bf16,
             seed=self.seed,
-            report_to="none",
-            remove_unused_columns=False,  # video datasets carry paths and instructions the collator needs
         )
-        kwargs.update(overrides)
-        return TrainingArguments(**kwargs)
 
     def deepspeed_config(self, stage: str) -> dict[str, Any] | None:
         """The paper's DeepSpeed ZeRO stage as a config dict for `TrainingArguments(deepspeed=...)` (sizes "auto",

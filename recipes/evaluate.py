@@ -430,8 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options, config, generation = parse_eval_overrides(args.overrides)
     summary = evaluate(args.recipe, options, args.stage, args.method, config, generation)
-    print(json.dumps({"scores": summary["scores"], "skipped": summary["skipped"], "num_examples":
-                      summary["num_examples"]}))  # fmt: skip
+    line = {key: summary[key] for key in ("scores", "skipped", "num_examples")}
+    sys.stdout.write(json.dumps(line) + "\n")  # the command's result (logs go to stderr)
     return 0
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "sources_map",
     "spec",
     "split_batch",
+    "stage_training_arguments",
     "text",
     "trainable_parameter_names",
 ]
@@ -287,6 +288,34 @@ def split_batch(global_batch: int, world_size: int, max_per_device: int | None) 
         raise ValueError(f"`max_per_device_batch_size` must be an integer >= 1 or None, got {max_per_device!r}.")
     per_device = max(d for d in range(1, min(per_rank, max_per_device) + 1) if per_rank % d == 0)
     return per_device, per_rank // per_device
+
+
+def stage_training_arguments(
+    output_dir: str | os.PathLike,
+    global_batch: int,
+    world_size: int,
+    max_per_device_batch_size: int | None,
+    overrides: Mapping[str, Any],
+    **fields: Any,
+) -> Any:
+    """`TrainingArguments` of a recipe stage: the global batch split by `split_batch` (per-device batch + gradient
+    accumulation), the stage's `fields` (learning_rate, num_train_epochs, adam_beta1, ...), `report_to="none"`,
+    `remove_unused_columns=False` (video datasets carry paths and side channels the collator needs), then
+    `overrides` (any `TrainingArguments` field) last."""
+    from transformers import TrainingArguments
+
+    per_device, accumulation = split_batch(global_batch, world_size, max_per_device_batch_size)
+    kwargs = dict(
+        output_dir=os.fspath(output_dir),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        report_to="none",
+        remove_unused_columns=False,
+        **fields,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
 
 
 def trainable_parameter_names(

@@ -44,7 +44,7 @@ from videoadapt.recipes.recipe_utils import (
     shown,
     sources_map,
     spec,
-    split_batch,
+    stage_training_arguments,
     text,
     trainable_parameter_names,
 )
@@ -165,14 +165,14 @@ class ReefRecipe:
             **overrides: any `TrainingArguments` field, applied last (e.g. `bf16=False`, `use_cpu=True`).
         """
         s = self.stage(stage)
-        per_device, accumulation = split_batch(s.batch_size, world_size, max_per_device_batch_size)
-        kwargs = dict(
-            output_dir=os.fspath(output_dir),
+        return stage_training_arguments(
+            output_dir,
+            s.batch_size,
+            world_size,
+            max_per_device_batch_size,
+            overrides,
             learning_rate=s.learning_rate,
             num_train_epochs=s.epochs,
-            per_device_train_batch_size=per_device,
-            per_device_eval_batch_size=per_device,
-            gradient_accumulation_steps=accumulation,
             adam_beta1=s.adam_betas[0],
             adam_beta2=s.adam_betas[1],
             weight_decay=s.weight_decay,
@@ -180,11 +180,7 @@ class ReefRecipe:
             warmup_steps=self.warmup_epochs / s.epochs,  # < 1: a fraction of the training steps
             bf16=self.bf16,
             seed=self.seed,
-            report_to="none",
-            remove_unused_columns=False,  # video datasets carry paths and instructions the collator needs
         )
-        kwargs.update(overrides)
-        return TrainingArguments(**kwargs)
 
     def generation_kwargs(self) -> dict[str, Any]:
         """`generate` keyword arguments (deterministic beam search)."""
