@@ -20,7 +20,7 @@ from transformers import BatchFeature, ProcessorMixin
 from videoadapt.configuration.configuration_dynfocus import dynfocus_video_tokens
 from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
-from videoadapt.processors.sampling import FpsSampler
+from videoadapt.processors.sampling import FpsSampler, FrameSampler
 from videoadapt.processors.video_io import load_video
 
 
@@ -87,6 +87,11 @@ class DynFocusProcessor(ProcessorMixin):
 
     def video_token_count(self, num_frames: int) -> int:
         return dynfocus_video_tokens(num_frames=num_frames, **self.token_budget)
+
+    @property
+    def frame_sampler(self) -> FrameSampler:
+        """The `FrameSampler` that picks the frames of a video path."""
+        return self.sampler
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"sampler": sampler_to_dict(self.sampler)}

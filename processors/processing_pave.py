@@ -28,6 +28,7 @@ from transformers import BatchFeature, ProcessorMixin
 
 from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
+from videoadapt.processors.sampling import FrameSampler
 from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.video_io import load_video
 
@@ -140,6 +141,11 @@ class PaveProcessor(ProcessorMixin):
 
     def video_token_count(self, num_frames: int) -> int:
         return num_video_tokens(self.family, num_frames, self.grid, self.pool_stride)
+
+    @property
+    def frame_sampler(self) -> FrameSampler:
+        """The `FrameSampler` that picks the frames of a video path."""
+        return self.sampler
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"sampler": sampler_to_dict(self.sampler)}

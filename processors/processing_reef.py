@@ -21,6 +21,7 @@ from transformers import BatchFeature, ProcessorMixin
 
 from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
+from videoadapt.processors.sampling import FrameSampler
 from videoadapt.processors.video_io import load_video
 
 
@@ -96,6 +97,11 @@ class ReefProcessor(ProcessorMixin):
     def video_token_count(self, num_frames: int | None = None) -> int:
         """Video tokens the LLM receives for a video of any length: the last step's `num_query_tokens` queries."""
         return self.num_query_tokens
+
+    @property
+    def frame_sampler(self) -> FrameSampler:
+        """The `FrameSampler` that picks the frames of a video path."""
+        return self.sampler
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"sampler": sampler_to_dict(self.sampler)}

@@ -10,6 +10,7 @@ checkpoint atomically (into a staging folder, then renamed), so a run killed mid
 Shape legend: B rows per batch, L prompt + answer tokens.
 """
 
+import importlib
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -71,8 +72,7 @@ class SFTCollator:
         if not row.get("timestamps"):
             return path
         start, end = row["timestamps"]
-        sampler = getattr(self.processor, "frame_sampler", None) or self.processor.sampler  # Compact: frame_sampler
-        frames, _ = load_video(path, SegmentSampler(sampler, float(start), float(end)))
+        frames, _ = load_video(path, SegmentSampler(self.processor.frame_sampler, float(start), float(end)))
         return frames
 
     def _answer_ids(self, row: Mapping[str, Any]) -> list[int]:
@@ -220,8 +220,6 @@ class PaveMethod(Method):
         return {}
 
     def build(self, recipe, stage, checkpoint, config, processor):
-        import importlib
-
         unknown = sorted(set(config) - {"side_channel_dim"})
         if unknown:
             raise ValueError(f"PAVE takes only `config.side_channel_dim` (the feature width), got {unknown}.")
@@ -304,8 +302,6 @@ def _compact_recipe(name: str) -> Any:
 
 def _class(module: str, name: str) -> Callable[[], type]:
     def get() -> type:
-        import importlib
-
         return getattr(importlib.import_module(module), name)
 
     return get
