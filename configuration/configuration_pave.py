@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlavaNextVideoConfig, LlavaOnevisionConfig, VideoLlavaConfig
+from transformers import LlavaNextVideoConfig, LlavaOnevisionConfig, PreTrainedConfig, VideoLlavaConfig
 
 from videoadapt.configuration.base_checkpoint import FromBaseCheckpointMixin
 
@@ -24,6 +24,7 @@ __all__ = [
     "PaveConfig",
     "PaveLlavaNextVideoConfig",
     "PavePatchConfig",
+    "PavePatchRepoConfig",
     "PaveVideoLlavaConfig",
 ]
 
@@ -230,3 +231,24 @@ class PaveVideoLlavaConfig(FromBaseCheckpointMixin, VideoLlavaConfig):
     model_type = "videoadapt_pave_video_llava"
     pave_patches: dict | None = None
     active_patches: list | None = None
+
+
+@strict
+class PavePatchRepoConfig(PreTrainedConfig):
+    """The `config.json` of a patch folder: it points `AutoModel*.from_pretrained(<patch>)` at the patch's base.
+
+    Args:
+        patch_name: the name the patch gets on the model (`model.patch_names`).
+        base_model_name_or_path: the base checkpoint (Hub id or folder) the patch was trained on.
+        base_revision: the base's revision (commit) the patch pins; `None` loads the base's default branch.
+        base_model_type: the base's transformers family (e.g. `llava_onevision`), which picks the PAVE class.
+
+    Any field can be overridden at load time, e.g.
+    `from_pretrained(<patch>, base_model_name_or_path="/data/llava-ov-0.5b")` for a base that is only on disk.
+    """
+
+    model_type = "videoadapt_pave_patch"
+    patch_name: str = "patch"
+    base_model_name_or_path: str | None = None
+    base_revision: str | None = None
+    base_model_type: str | None = None

@@ -14,7 +14,15 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoProcessor, PreTrainedCo
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 
-__all__ = ["AUTO_MODEL_CLASSES", "MODEL_TYPE_PREFIX", "REGISTRY", "ModelRow", "register", "register_all"]
+__all__ = [
+    "AUTO_MODEL_CLASSES",
+    "MODEL_TYPE_PREFIX",
+    "PATCH_REPO_ROW",
+    "REGISTRY",
+    "ModelRow",
+    "register",
+    "register_all",
+]
 
 MODEL_TYPE_PREFIX = "videoadapt_"
 
@@ -148,6 +156,18 @@ def _rows() -> tuple[ModelRow, ...]:
 
 # One row per model type (PAVE on three base families, REEF, DynFocus, Compact).
 REGISTRY: tuple[ModelRow, ...] = _rows()
+
+
+def _patch_repo_row() -> ModelRow:
+    from videoadapt.configuration.configuration_pave import PavePatchRepoConfig
+    from videoadapt.pave_hub import PavePatchRepo
+
+    classes = {"AutoModelForImageTextToText": PavePatchRepo, "AutoModelForMultimodalLM": PavePatchRepo}
+    return ModelRow("videoadapt_pave_patch", PavePatchRepoConfig, classes)
+
+
+# Not a model: the `config.json` of a PAVE patch folder, so `from_pretrained(<patch>)` returns base + patch.
+PATCH_REPO_ROW: ModelRow = _patch_repo_row()
 
 _registered: list[ModelRow] = []
 

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
+from transformers.utils.hub import resolve_revision
 
-from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchConfig
+from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchConfig, PavePatchRepoConfig
+from videoadapt.pave_hub import download_patch_folder, lora_config_for_repo, push_patch_to_hub
 
 
 __all__ = ["LORA_TARGET_MODULES", "PATCH_WEIGHTS_NAME", "PavePatchesMixin", "default_lora_config"]
@@ -49,16 +50,16 @@ def default_lora_config(r: int = 64, alpha: int = 16, dropout: float = 0.05) -> 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES, bias="none")
 
 
-def _resolve_folder(path_or_repo: str | os.PathLike, revision: str | None, subfolder: str | None = None) -> Path:
+def _resolve_folder(
+    path_or_repo: str | os.PathLike, revision: str | None, subfolder: str | None = None, **hub_kwargs: Any
+) -> Path:
     """A local folder, or a Hub repository downloaded (only the patch files) at `revision`."""
     local = Path(path_or_repo) / (subfolder or "")
     if local.is_dir():
         return local
     if Path(path_or_repo).exists():
         raise ValueError(f"{local} is not a folder; a patch is a folder holding `{PATCH_CONFIG_NAME}`.")
-    pattern = f"{subfolder}/*" if subfolder else "*"
-    root = snapshot_download(str(path_or_repo), revision=revision, allow_patterns=[pattern])
-    return Path(root) / (subfolder or "")
+    return download_patch_folder(str(path_or_repo), revision, subfolder, **hub_kwargs)
 
 
 _TMP_PREFIX = ".tmp-patch-"
@@ -124,6 +125,7 @@ class PavePatchesMixin:
             output_dim=text_hidden,
             base_model_type=self.base_model_type,
             base_model_name_or_path=self.config._name_or_path or None,
+            base_revision=getattr(self, "_base_commit", None),
             base_hidden_size=text_hidden,
         )
         fields.update(kwargs)
@@ -226,8 +228,14 @@ class PavePatchesMixin:
 
     # ------------------------------------------------------------------------------------------- save / load
 
-    def save_patch(self, name: str, directory: str | os.PathLike, model_card: str | None = None) -> Path:
-        """Write patch `name` alone into `directory` (atomically, file by file); returns the folder."""
+    def save_patch(
+        self, name: str, directory: str | os.PathLike, model_card: str | None = None, repo_id: str | None = None
+    ) -> Path:
+        """Write patch `name` alone into `directory` (atomically, file by file); returns the folder.
+
+        `repo_id`: the Hub repository the folder is meant for (`push_patch_to_hub` passes it), so that
+        `AutoModelForImageTextToText.from_pretrained(repo_id)` loads base + patch (see `videoadapt.pave_hub`).
+        """
         if name not in self._patch_host.patches:
             raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
         patch = self._patch_host.patches[name]
@@ -239,17 +247,31 @@ class PavePatchesMixin:
                 for k, v in self.get_adapter_state_dict(name).items()
             }
 
+        pointer = PavePatchRepoConfig(
+            patch_name=name,
+            base_model_name_or_path=patch.config.base_model_name_or_path,
+            base_revision=patch.config.base_revision,
+            base_model_type=patch.config.base_model_type or self.base_model_type,
+        )
+
         def write(tmp: Path) -> None:
             patch.config.save(tmp)
+            pointer.save_pretrained(tmp)
             save_file(weights, tmp / PATCH_WEIGHTS_NAME, metadata={"format": "pt"})
             if lora is not None:
-                self.peft_config[name].save_pretrained(tmp)
+                lora_config_for_repo(self.peft_config[name], repo_id).save_pretrained(tmp)
                 save_file(lora, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
             (tmp / "README.md").write_text(model_card or _patch_card(name, patch.config, weights, lora))
 
         directory = Path(directory)
         _atomic_folder_write(directory, write)
         return directory
+
+    def push_patch_to_hub(self, name: str, repo_id: str, **kwargs: Any):
+        """Upload patch `name` alone as the Hub repository `repo_id`; see `videoadapt.pave_hub.push_patch_to_hub`."""
+        if name not in self._patch_host.patches:
+            raise ValueError(f"no patch named {name!r}; loaded: {self.patch_names}.")
+        return push_patch_to_hub(self, name, repo_id, **kwargs)
 
     def load_patch(
         self,
@@ -260,13 +282,15 @@ class PavePatchesMixin:
         subfolder: str | None = None,
         enable: bool = True,
         is_trainable: bool = False,
+        **hub_kwargs: Any,
     ):
         """Load a patch folder (local or a Hub repo at `revision`) as patch `name` and enable it beside the others.
 
         The patch config is checked against this model before any weight is read; a corrupt or mismatched
-        `patch.safetensors` raises `ValueError` and leaves the model unchanged.
+        `patch.safetensors` raises `ValueError` and leaves the model unchanged. `hub_kwargs` (token, cache_dir,
+        local_files_only, force_download) go to the download.
         """
-        folder = _resolve_folder(path_or_repo, revision, subfolder)
+        folder = _resolve_folder(path_or_repo, revision, subfolder, **hub_kwargs)
         name = name or folder.name
         self._check_new_name(name)
         config = PavePatchConfig.load(folder)
@@ -340,20 +364,41 @@ class PavePatchesMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
-        """Load the base weights, then every patch the config lists from `patches/<name>/`, and enable as saved."""
+        """Load the base weights, then every patch the config lists from `patches/<name>/`, and enable as saved.
+
+        A Hub checkpoint's revision is resolved to its commit first: weights and patches come from that one commit,
+        and new patches record it as the base revision they pin.
+        """
+        hub = {k: kwargs.get(k) for k in ("token", "cache_dir", "local_files_only", "force_download")}
+        local = os.path.isdir(pretrained_model_name_or_path)
+        if not local:
+            kwargs["revision"] = resolve_revision(
+                pretrained_model_name_or_path,
+                kwargs.get("revision"),
+                token=hub["token"],
+                local_files_only=bool(hub["local_files_only"]),
+                cache_dir=hub["cache_dir"],
+            )
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) with output_loading_info
+        revision = kwargs.get("revision")
+        model._base_commit = None if local else getattr(revision, "resolved", None) or _commit_or_none(revision)
         saved = getattr(model.config, "pave_patches", None) or {}
         for name in saved:
             model.load_patch(
                 pretrained_model_name_or_path,
                 name=name,
-                revision=kwargs.get("revision"),
+                revision=revision,
                 subfolder=f"{PATCHES_SUBFOLDER}/{name}",
                 enable=False,
+                **hub,
             )
         model.set_patches(getattr(model.config, "active_patches", None) or [])
         return loaded
+
+
+def _commit_or_none(revision: str | None) -> str | None:
+    return revision if isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40}", revision) else None
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

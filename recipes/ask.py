@@ -26,6 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoPr
 from transformers.utils import logging
 
 from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchConfig
+from videoadapt.pave_hub import pave_class_for
 from videoadapt.recipes.training import METHODS, Method
 
 
@@ -34,11 +35,6 @@ __all__ = ["DEFAULT_NUM_FRAMES", "AskModel", "answer", "load_for_ask", "prepare_
 logger = logging.get_logger(__name__)
 
 DEFAULT_NUM_FRAMES = 32  # frames of a PAVE base without a saved processor (LLaVA-OneVision's)
-_PAVE_CLASSES = {  # the patched base's transformers family -> the PAVE class (videoadapt.modeling_pave)
-    "llava_onevision": "PaveForConditionalGeneration",
-    "llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
-    "video_llava": "PaveVideoLlavaForConditionalGeneration",
-}
 _METHOD_OF_MODEL_TYPE = {"videoadapt_reef": "reef", "videoadapt_dynfocus": "dynfocus", "videoadapt_compact": "compact"}
 
 
@@ -109,19 +105,12 @@ def _pave_processor(model: Any, base: str, num_frames: int | None) -> Any:
 
 
 def _load_patch_folder(folder: Path, base: str | None, num_frames: int | None, device: str | None) -> AskModel:
-    import importlib
-
     config = PavePatchConfig.load(folder)
     base = base or config.base_model_name_or_path
     if base is None:
         raise ValueError(f"the patch {folder} names no base model; pass `--base <base model folder>`.")
     family = config.base_model_type or _model_type(Path(base))
-    if family not in _PAVE_CLASSES:
-        raise ValueError(
-            f"the patch {folder} is for a {family!r} base; PAVE patches {sorted(_PAVE_CLASSES)} bases. Pass the "
-            "base it was trained on with `--base`."
-        )
-    model_class = getattr(importlib.import_module("videoadapt.modeling_pave"), _PAVE_CLASSES[family])
+    model_class = pave_class_for(family, f"the patch {folder}")
     try:
         model = model_class.from_pretrained(base)
     except OSError as error:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from videoadapt.configuration.configuration_pave import PavePatchConfig
+from videoadapt.configuration.configuration_pave import PavePatchConfig, PavePatchRepoConfig
 from videoadapt.modeling_pave import (
     PaveForConditionalGeneration,
     PaveLlavaNextVideoForConditionalGeneration,
@@ -128,14 +128,45 @@ def test_patch_folder_round_trip_is_bit_exact(setup, tmp_path, family, tiny_chec
     expected = logits(model, inputs, sides)
     folder = model.save_patch("audio", tmp_path / "audio_patch")
     files = sorted(p.name for p in folder.iterdir())
-    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "patch.safetensors",
-                     "patch_config.json"]  # fmt: skip
+    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.json",
+                     "patch.safetensors", "patch_config.json"]  # fmt: skip
     assert json.loads((folder / "patch_config.json").read_text())["base_model_type"] == family
+    pointer = json.loads((folder / "config.json").read_text())
+    assert pointer["model_type"] == "videoadapt_pave_patch" and pointer["patch_name"] == "audio"
+    assert pointer["base_model_name_or_path"] == str(checkpoint) and pointer["base_model_type"] == family
 
     fresh = FAMILIES[family].from_pretrained(checkpoint).eval()
     fresh.load_patch(folder)
     assert fresh.active_patches == ["audio_patch"]
     assert torch.equal(logits(fresh, inputs, {"audio_patch": sides["audio"]}), expected)
+
+
+def test_one_line_load_of_a_patch_folder(setup, tmp_path, family, tiny_checkpoints):
+    _, model, inputs, checkpoint = setup
+    model.add_patch("audio", model.patch_config_for("audio", 24, **SMALL))
+    randomize(model, ["audio"])
+    sides = {"audio": side_input()}
+    expected = logits(model, inputs, sides)
+    folder = model.save_patch("audio", tmp_path / "audio_patch")
+
+    loaded = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    assert type(loaded) is FAMILIES[family] and loaded.active_patches == ["audio"]
+    assert torch.equal(logits(loaded, inputs, sides), expected)
+
+    # the base can be overridden (e.g. a base that only exists on disk elsewhere) ...
+    moved = AutoModelForImageTextToText.from_pretrained(folder, base_model_name_or_path=str(checkpoint)).eval()
+    assert torch.equal(logits(moved, inputs, sides), expected)
+    # ... a missing base is named in the error, with the fix
+    with pytest.raises(OSError, match=r"needs its base '.*nowhere'.*base_model_name_or_path="):
+        AutoModelForImageTextToText.from_pretrained(folder, base_model_name_or_path=str(tmp_path / "nowhere"))
+    # ... and a base of another family is refused by the family check before any weight is read
+    other = next(f for f in FAMILIES if f != family)
+    with pytest.raises(ValueError, match=f"made for a `{family}` base"):
+        AutoModelForImageTextToText.from_pretrained(
+            folder, base_model_name_or_path=str(tiny_checkpoints[other]), base_model_type=other
+        )
+    with pytest.raises(TypeError, match="holds a patch, not a model"):
+        AutoModelForImageTextToText.from_config(PavePatchRepoConfig())
 
 
 def test_full_model_round_trip_through_auto_class(setup, tmp_path):
