@@ -191,11 +191,21 @@ def register(row: ModelRow) -> None:
     _registered.append(row)
 
 
+def _register_conversion(key: str, mapping: list) -> None:
+    """Register `mapping` for `key`. An identical mapping already registered (by an exported remote-code copy of this
+    model loaded earlier in the process) is kept; a different one is a collision."""
+    existing = get_checkpoint_conversion_mapping(key)
+    if existing is None:
+        register_checkpoint_conversion_mapping(key, mapping)
+    elif repr(existing) != repr(mapping):
+        raise ValueError(f"weight conversions for {key!r} are already registered and differ from videoadapt's.")
+
+
 def _register_weight_conversions(row: ModelRow) -> None:
     """Legacy checkpoint layouts of the base family load into our subclasses too (by model type and class name)."""
     conversions = get_checkpoint_conversion_mapping(row.weights_like) if row.weights_like else None
     if conversions:
-        register_checkpoint_conversion_mapping(row.model_type, conversions)
+        _register_conversion(row.model_type, conversions)
     # By class name too: a base checkpoint's own config keeps the base model type, which transformers does not map
     # for classes defined outside it. The headless classes inherit their base's class mapping.
     for model_class in dict.fromkeys(row.model_classes.values()):
@@ -205,7 +215,7 @@ def _register_weight_conversions(row: ModelRow) -> None:
                 inherited = get_checkpoint_conversion_mapping(base.__name__)
                 break
         if inherited:
-            register_checkpoint_conversion_mapping(model_class.__name__, inherited)
+            _register_conversion(model_class.__name__, inherited)
 
 
 def register_all(rows: tuple[ModelRow, ...] = REGISTRY) -> None:

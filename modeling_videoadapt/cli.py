@@ -10,6 +10,7 @@ videoadapt visualize reef MODEL_DIR VIDEO --question "..." --out picture.png [--
 videoadapt visualize dynfocus MODEL_DIR VIDEO --question "..." --out picture.png [--frame T]
 videoadapt redundancy data.jsonl --clip openai/clip-vit-base-patch32
 videoadapt import-official-pave OFFICIAL_DIR OUT_DIR --side-channel audio --side-channel-dim 1024 --output-dim 896
+videoadapt export-remote-code MODEL_DIR OUT_DIR [--overwrite]   # loads with trust_remote_code=True, no videoadapt
 
 `videoadapt COMMAND --help` explains each command's arguments, with an example.
 """
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ask(sub)
     _add_visualize(sub)
     _add_redundancy(sub)
+    _add_export_remote_code(sub)
     return parser
 
 
@@ -555,6 +557,39 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         return _fail("ask", error)
     if streamer is None:
         print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- export-remote-code
+
+_EXPORT_EXAMPLE = """\
+OUT_DIR holds the weights, configs, tokenizers (and PAVE's patches/) plus the videoadapt code as flat modules, and
+loads where videoadapt is not installed:
+  AutoModelForImageTextToText.from_pretrained(OUT_DIR, trust_remote_code=True)
+  AutoProcessor.from_pretrained(OUT_DIR, trust_remote_code=True)
+
+example (then upload OUT_DIR as a Hub model repository):
+  videoadapt export-remote-code runs/msvd_qa/model exports/reef-msvd-qa"""
+
+
+def _add_export_remote_code(sub: argparse._SubParsersAction) -> None:
+    export = _example_parser(sub, "export-remote-code", "write a saved videoadapt model as a folder that loads with "
+                             "trust_remote_code=True without videoadapt", _EXPORT_EXAMPLE)  # fmt: skip
+    export.add_argument("model_dir", metavar="MODEL_DIR", help="a videoadapt model folder written by save_pretrained "
+                        "(with its processor)")  # fmt: skip
+    export.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write (new or empty unless --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace whatever OUT_DIR holds")
+    export.set_defaults(func=_cmd_export_remote_code)
+
+
+def _cmd_export_remote_code(args: argparse.Namespace) -> int:
+    from videoadapt.remote_code import export_remote_code
+
+    try:
+        out_dir = export_remote_code(args.model_dir, args.out_dir, overwrite=args.overwrite)
+    except (ValueError, OSError) as error:
+        return _fail("export-remote-code", error)
+    print(f"wrote {out_dir}: load it with trust_remote_code=True (videoadapt not needed)")
     return 0
 
 

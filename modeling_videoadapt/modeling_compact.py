@@ -29,6 +29,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import select_hidden_states
 
 from videoadapt.configuration.configuration_compact import CompactConfig, multiples_near
+from videoadapt.hub_mixin import VideoadaptHubMixin
 from videoadapt.layers.video_compressor import SpatioTemporalAutoencoder, SpatioTemporalCompressor
 
 
@@ -85,7 +86,7 @@ def _select_layer_features(hidden_states, layer: int | list[int], strategy: str 
     return selected[:, 1:] if strategy == "default" else selected  # [B*T, N, D]
 
 
-class CompactModel(LlavaOnevisionModel):
+class CompactModel(VideoadaptHubMixin, LlavaOnevisionModel):
     """LLaVA-OneVision (headless) whose videos go through the grid resize and the compressor before the projector.
 
     `forward` is OneVision's: it scatters `get_video_features(...).pooler_output` into the `<video>` positions.
@@ -187,7 +188,7 @@ class CompactModel(LlavaOnevisionModel):
         )
 
 
-class CompactForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+class CompactForConditionalGeneration(VideoadaptHubMixin, LlavaOnevisionForConditionalGeneration):
     """Compact (`AutoModelForImageTextToText` for `videoadapt_compact`): LLaVA-OneVision with the SVC for videos.
 
     Build it from a LLaVA-OneVision checkpoint with `CompactForConditionalGeneration.from_pretrained(ckpt, ...)`

@@ -27,6 +27,7 @@ from transformers.models.instructblipvideo.modeling_instructblipvideo import (
 )
 
 from videoadapt.configuration.configuration_dynfocus import DynFocusConfig
+from videoadapt.hub_mixin import VideoadaptHubMixin
 from videoadapt.layers.dpc_knn import dpc_knn
 from videoadapt.layers.dpc_prototypes import merge_clusters, multi_level_prototypes, prototype_weights
 from videoadapt.layers.perturbed_topk import PerturbedTopK, hard_topk
@@ -93,7 +94,7 @@ class DynFocusProjector(nn.Sequential):
         super().__init__(nn.Linear(dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
-class DynFocusForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
+class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForConditionalGeneration):
     """InstructBLIP-Video parts with DynFocus' DPE and CCE; the LLM sees 2 tokens per frame plus P + I per key frame.
 
     Weight names are InstructBLIP-Video's; the new modules are `event_scorer`, `context_attention`, `fine_projector`

@@ -37,6 +37,7 @@ from videoadapt.configuration.configuration_pave import (
     PavePatchConfig,
     PaveVideoLlavaConfig,
 )
+from videoadapt.hub_mixin import VideoadaptHubMixin
 from videoadapt.layers.rotary import create_rotary, grid_positions, query_time_positions
 from videoadapt.layers.temporal_chunks import upsample_time
 from videoadapt.layers.temporal_cross_attention import TemporalAlignedCrossAttention
@@ -385,7 +386,7 @@ def _side_input(side_channels, name: str, batch: int, config: PavePatchConfig) -
     return side
 
 
-class PaveModel(PaveModelMixin, LlavaOnevisionModel):
+class PaveModel(VideoadaptHubMixin, PaveModelMixin, LlavaOnevisionModel):
     """LLaVA-OneVision (headless) with PAVE patches."""
 
     config: PaveConfig
@@ -396,7 +397,7 @@ class PaveModel(PaveModelMixin, LlavaOnevisionModel):
         self._init_patches()
 
 
-class PaveLlavaNextVideoModel(PaveModelMixin, LlavaNextVideoModel):
+class PaveLlavaNextVideoModel(VideoadaptHubMixin, PaveModelMixin, LlavaNextVideoModel):
     """LLaVA-NeXT-Video (headless) with PAVE patches."""
 
     config: PaveLlavaNextVideoConfig
@@ -407,7 +408,7 @@ class PaveLlavaNextVideoModel(PaveModelMixin, LlavaNextVideoModel):
         self._init_patches()
 
 
-class PaveVideoLlavaModel(PaveModelMixin, VideoLlavaModel):
+class PaveVideoLlavaModel(VideoadaptHubMixin, PaveModelMixin, VideoLlavaModel):
     """Video-LLaVA (headless) with PAVE patches."""
 
     config: PaveVideoLlavaConfig
@@ -451,7 +452,9 @@ class _PaveForConditionalGenerationMixin(PavePatchesMixin):
         cls.forward = forward
 
 
-class PaveForConditionalGeneration(_PaveForConditionalGenerationMixin, LlavaOnevisionForConditionalGeneration):
+class PaveForConditionalGeneration(
+    VideoadaptHubMixin, _PaveForConditionalGenerationMixin, LlavaOnevisionForConditionalGeneration
+):
     """LLaVA-OneVision with PAVE patches: `AutoModelForImageTextToText` for `videoadapt_pave`."""
 
     config: PaveConfig
@@ -460,7 +463,7 @@ class PaveForConditionalGeneration(_PaveForConditionalGenerationMixin, LlavaOnev
 
 
 class PaveLlavaNextVideoForConditionalGeneration(
-    _PaveForConditionalGenerationMixin, LlavaNextVideoForConditionalGeneration
+    VideoadaptHubMixin, _PaveForConditionalGenerationMixin, LlavaNextVideoForConditionalGeneration
 ):
     """LLaVA-NeXT-Video with PAVE patches."""
 
@@ -469,7 +472,9 @@ class PaveLlavaNextVideoForConditionalGeneration(
     headless_class = PaveLlavaNextVideoModel
 
 
-class PaveVideoLlavaForConditionalGeneration(_PaveForConditionalGenerationMixin, VideoLlavaForConditionalGeneration):
+class PaveVideoLlavaForConditionalGeneration(
+    VideoadaptHubMixin, _PaveForConditionalGenerationMixin, VideoLlavaForConditionalGeneration
+):
     """Video-LLaVA with PAVE patches."""
 
     config: PaveVideoLlavaConfig

@@ -34,6 +34,7 @@ from transformers.models.instructblipvideo.modeling_instructblipvideo import (
 )
 
 from videoadapt.configuration.configuration_reef import ReefConfig
+from videoadapt.hub_mixin import VideoadaptHubMixin
 from videoadapt.layers.memory_bank import QueryMemoryBank, VisualMemoryBank
 from videoadapt.layers.memory_merge import merge_scores
 from videoadapt.layers.perturbed_topk import PerturbedTopK
@@ -215,7 +216,7 @@ class ReefTemporalCompression(nn.Module):
 # --------------------------------------------------------------------------------------------- the model
 
 
-class ReefForConditionalGeneration(InstructBlipVideoForConditionalGeneration):
+class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForConditionalGeneration):
     """InstructBLIP-Video read online, frame by frame, with REEF's memory banks, STF and RTC.
 
     Weight names are InstructBLIP-Video's (`vision_model`, `query_tokens`, `qformer`, `language_projection`,

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -116,7 +117,7 @@ def download_patch_folder(
             f"the patch {where} is not in the local cache and the Hub cannot be reached ({exc}); connect once, or "
             "pass the path of a downloaded patch folder."
         ) from exc
-    except (HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
         raise PatchDownloadError(
             f"downloading the patch {where} from {_endpoint()} failed ({type(exc).__name__}: {exc}); nothing "
             "partial was kept in the cache, retry."

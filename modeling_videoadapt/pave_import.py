@@ -25,14 +25,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
-from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, SIDE_CHANNELS, PavePatchConfig
+from videoadapt.configuration.configuration_pave import (
+    PATCH_CONFIG_NAME,
+    SIDE_CHANNELS,
+    PavePatchConfig,
+    PavePatchRepoConfig,
+)
+from videoadapt.model_cards import patch_card
 from videoadapt.modeling_pave import PavePatch
 from videoadapt.pave_patches import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     LORA_TARGET_MODULES,
     PATCH_WEIGHTS_NAME,
-    _patch_card,
 )
 
 
@@ -270,10 +275,19 @@ def import_official_pave(
     lora, lora_config, lora_layers = _map_lora(official_dir, llm_layers)
     lora_config.base_model_name_or_path = base_model_name_or_path
     name = patch_name or out_dir.name
-    card = _patch_card(name, config, weights, lora) + _provenance(official_dir, dropped, lora_layers, lora_config.r)
+    card = patch_card(
+        name,
+        config,
+        fusion_parameters=sum(v.numel() for v in weights.values()),
+        lora_parameters=sum(v.numel() for v in lora.values()),
+    ) + _provenance(official_dir, dropped, lora_layers, lora_config.r)
+    pointer = PavePatchRepoConfig(
+        patch_name=name, base_model_name_or_path=base_model_name_or_path, base_model_type="llava_onevision"
+    )
 
     def write(tmp: Path) -> None:
         config.save(tmp)
+        pointer.save_pretrained(tmp)
         save_file(weights, tmp / PATCH_WEIGHTS_NAME, metadata={"format": "pt"})
         lora_config.save_pretrained(str(tmp))
         save_file(lora, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})

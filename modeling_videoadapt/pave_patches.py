@@ -29,6 +29,7 @@ from transformers.utils import logging
 from transformers.utils.hub import resolve_revision
 
 from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchConfig, PavePatchRepoConfig
+from videoadapt.model_cards import patch_card, patch_card_info
 from videoadapt.pave_hub import download_patch_folder, lora_config_for_repo, push_patch_to_hub
 
 
@@ -261,7 +262,15 @@ class PavePatchesMixin:
             if lora is not None:
                 lora_config_for_repo(self.peft_config[name], repo_id).save_pretrained(tmp)
                 save_file(lora, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
-            (tmp / "README.md").write_text(model_card or _patch_card(name, patch.config, weights, lora))
+            card = model_card or patch_card(
+                name,
+                patch.config,
+                fusion_parameters=sum(v.numel() for v in weights.values()),
+                lora_parameters=sum(v.numel() for v in lora.values()) if lora else 0,
+                repo_id=repo_id,
+                **patch_card_info(getattr(self, "card_info", None)),
+            )
+            (tmp / "README.md").write_text(card)
 
         directory = Path(directory)
         _atomic_folder_write(directory, write)
@@ -291,7 +300,7 @@ class PavePatchesMixin:
         local_files_only, force_download) go to the download.
         """
         folder = _resolve_folder(path_or_repo, revision, subfolder, **hub_kwargs)
-        name = name or folder.name
+        name = name or _default_patch_name(path_or_repo, folder)
         self._check_new_name(name)
         config = PavePatchConfig.load(folder)
         self.check_patch_compatible(config, f"the patch at {folder}")
@@ -397,6 +406,16 @@ class PavePatchesMixin:
         return loaded
 
 
+def _default_patch_name(path_or_repo: str | os.PathLike, folder: Path) -> str:
+    """A local folder's name; for a Hub repository, the name its `config.json` records (else the repo's name)."""
+    if Path(path_or_repo).is_dir():
+        return folder.name
+    try:
+        return PavePatchRepoConfig.from_pretrained(folder).patch_name
+    except (OSError, ValueError):
+        return str(path_or_repo).rstrip("/").split("/")[-1].replace(".", "_")
+
+
 def _commit_or_none(revision: str | None) -> str | None:
     return revision if isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40}", revision) else None
 
@@ -408,26 +427,3 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path} is not a readable safetensors file ({exc}); the patch folder is corrupt.") from exc
-
-
-def _patch_card(name: str, config: PavePatchConfig, weights: dict, lora: dict | None) -> str:
-    fusion = sum(v.numel() for v in weights.values())
-    lora_params = sum(v.numel() for v in lora.values()) if lora else 0
-    base = config.base_model_name_or_path or config.base_model_type or "unknown"
-    return (
-        "---\n"
-        "library_name: videoadapt\n"
-        "tags:\n- videoadapt\n- pave\n"
-        f"- {config.side_channel}\n"
-        f"base_model: {base}\n" * bool(config.base_model_name_or_path) + "---\n\n"
-        f"# PAVE patch `{name}`\n\n"
-        f"A PAVE patch that fuses a `{config.side_channel}` side channel ({config.side_channel_dim}-d features, "
-        f"{config.side_channel_grid[0]}x{config.side_channel_grid[1]} tokens per step) into `{base}` "
-        f"({config.base_model_type}, hidden size {config.output_dim}).\n\n"
-        f"- fusion parameters: {fusion:,}; LoRA parameters: {lora_params:,}\n"
-        f"- cross-attention: {config.num_layers} layers, {config.hidden_size} wide, {config.num_attention_heads} heads, "
-        f"RoPE `{config.rope}`, queries `{config.query_source}`\n\n"
-        "```python\nimport videoadapt\nfrom transformers import AutoModelForImageTextToText\n\n"
-        f'model = AutoModelForImageTextToText.from_pretrained("{base}")\n'
-        f'model.load_patch("<this folder or repo>", name="{name}")\n```\n'
-    )

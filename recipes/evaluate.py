@@ -15,7 +15,10 @@ path; the method is its folder's name unless `--method` says otherwise; `--stage
   classification -> accuracy (+ em1 for ScanQA / SQA3D); caption and dialogue -> bleu, cider, rouge_l, meteor;
 - `num_beams`, `max_new_tokens`, `generation.<field>` (any `generate` argument): over the recipe's decoding settings
   (recipes without any decode greedily, `max_new_tokens` 64);
-- `config.<field>`: model config overrides (the saved model's config otherwise wins over the recipe's values).
+- `config.<field>`: model config overrides (the saved model's config otherwise wins over the recipe's values);
+- `card` (default false): `true` also records the scores in the model folder's card (README.md) as model-index eval
+  results, under the dataset names of the evaluated rows (see `videoadapt.recipes.train.dataset_names`); results
+  on other datasets stay.
 
 Writes `<output_dir>/predictions.jsonl` (id, prediction, references; candidates when several sequences are returned)
 and `<output_dir>/scores.json` (scores, counts, recipe, model, generation settings), each atomically. Runs in one
@@ -39,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, set_seed
 from transformers.utils import logging
 
+from videoadapt.hub_mixin import read_card_info
 from videoadapt.metrics import (
     Accuracy,
     Bleu,
@@ -51,7 +55,7 @@ from videoadapt.metrics import (
 )
 from videoadapt.processors.atomic import atomic_write
 from videoadapt.recipes.manifest import load_manifest
-from videoadapt.recipes.train import split_override
+from videoadapt.recipes.train import dataset_names, split_override
 from videoadapt.recipes.training import METHODS, Method, SFTCollator, method_of
 
 
@@ -99,6 +103,7 @@ class EvalOptions:
     dtype: str = "float32"
     variant: str | None = None
     progress: bool = True
+    card: bool = False
 
 
 _RUN_FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
@@ -242,6 +247,8 @@ def _check_options(options: EvalOptions) -> None:
         raise ValueError(f"`dtype` must be one of {list(DTYPES)}, got {options.dtype!r}.")
     if options.metrics is not None:
         check_metrics(options.metrics)
+    if not isinstance(options.card, bool):
+        raise ValueError(f"`card` must be true or false, got {options.card!r}; e.g. card=true.")
 
 
 def _check_generation(generation: dict) -> dict:
@@ -397,8 +404,19 @@ def evaluate(
         "model": os.path.abspath(options.model), "manifest": os.path.abspath(options.eval), "generation": generation,
     }  # fmt: skip
     _write_json(output_dir / SCORES_NAME, summary)
+    if options.card:
+        _add_to_card(model, options, rows, scores)
     logger.info(f"Scores ({len(records)} rows): {json.dumps(scores)}; written to {output_dir}.")
     return summary
+
+
+def _add_to_card(model: Any, options: EvalOptions, rows: Any, scores: Mapping[str, float]) -> None:
+    """Record `scores` in the card of the model folder as eval results of the evaluated rows' dataset(s)."""
+    dataset = "+".join(dataset_names(rows, options.eval))
+    recorded = read_card_info(options.model, model.config.model_type).get("metrics") or {}
+    model.card_info = {"metrics": {**recorded, dataset: {**scores, "split": options.split}}}
+    path = model.save_card(options.model)
+    logger.info(f"Added the {dataset} {options.split} scores to the model card {path}.")
 
 
 def _help_epilog() -> str:
@@ -421,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stage2)")  # fmt: skip
     parser.add_argument("--method", default=None, choices=sorted(METHODS), help="default: the recipe's folder")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="model=, eval=, output_dir= (required), "
-                        "split=, batch_size=, metrics=, num_beams=, max_new_tokens=, generation.*, "
+                        "split=, batch_size=, metrics=, num_beams=, max_new_tokens=, card=, generation.*, "
                         "config.*")  # fmt: skip
     return parser
 

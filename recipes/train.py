@@ -15,7 +15,9 @@ is its folder's name unless `--method` says otherwise. `key=value` pairs (values
 - any `TrainingArguments` field (`max_steps=3`, `bf16=false`, `activation_checkpointing=true`, `eval_strategy=steps`,
   `save_steps=100`, `report_to=tensorboard`, `learning_rate=1e-4`, ...), applied over the recipe's values.
 
-Checkpoints are written atomically (`VideoadaptTrainer`); the final model and processor go to `<output_dir>/model`.
+Checkpoints are written atomically (`VideoadaptTrainer`); the final model and processor go to `<output_dir>/model`,
+whose model card (README.md) names the recipe (file, method, setting, stage) and the training data (the manifest and
+the dataset names of its rows, see `dataset_names`).
 """
 
 import argparse
@@ -36,7 +38,16 @@ from videoadapt.recipes.manifest import load_manifest
 from videoadapt.recipes.training import METHODS, STAGING_PREFIX, SFTCollator, VideoadaptTrainer, method_of
 
 
-__all__ = ["RunOptions", "build_parser", "main", "parse_overrides", "parse_value", "split_override", "train"]
+__all__ = [
+    "RunOptions",
+    "build_parser",
+    "dataset_names",
+    "main",
+    "parse_overrides",
+    "parse_value",
+    "split_override",
+    "train",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -117,6 +128,26 @@ def _device_defaults(recipe_bf16: bool, training: dict) -> dict:
     return out
 
 
+def dataset_names(rows: Any, manifest: str | os.PathLike) -> list[str]:
+    """The datasets that manifest rows come from, in order of appearance: `meta["dataset"]`, else the `<dataset>` of
+    an id `<dataset>/<split>/...` (the converters' ids); the manifest file's stem when no row says."""
+    names = []
+    for row_id, split, meta in zip(rows["id"], rows["split"], rows["meta"]):
+        parts = str(row_id).split("/")
+        if isinstance(meta, dict) and isinstance(meta.get("dataset"), str) and meta["dataset"]:
+            names.append(meta["dataset"])
+        elif len(parts) >= 3 and parts[1] == split and parts[0]:
+            names.append(parts[0])
+    return list(dict.fromkeys(names)) or [Path(manifest).stem]
+
+
+def _card_info(spec: Any, recipe: Any, recipe_file: str, stage: str | None, manifest: str, rows: Any) -> dict:
+    """What the trained model's card says about its training (no metrics yet: `evaluate ... card=true` adds them)."""
+    setting = {"method": spec.name, "setting": getattr(recipe, "name", None), "stage": stage}
+    recipe_info = {"file": recipe_file, **{k: v for k, v in setting.items() if v is not None}, "manifests": [manifest]}
+    return {"recipe": recipe_info, "datasets": dataset_names(rows, manifest), "metrics": {}}
+
+
 def _clean_staging(output_dir: Path) -> None:
     """Remove what a killed run left half-written (staging folders never hold a complete checkpoint)."""
     for path in output_dir.glob(f"{STAGING_PREFIX}*"):
@@ -137,8 +168,10 @@ def train(
     spec = method_of(recipe_name, method)
     stage = spec.check_stage(stage)
     name = os.fspath(recipe_name)
+    recipe_file = Path(name).name  # the card names a YAML path by its file name
     if not Path(name).is_file():  # a shipped name: "reef/msvd_qa" -> the reef recipe "msvd_qa"
         name = Path(name).name
+        recipe_file = f"{spec.name}/{name}.yaml"
     recipe = spec.load_recipe(name, options.variant) if spec.name == "dynfocus" else spec.load_recipe(name)
     if options.train is None or options.output_dir is None:
         raise ValueError("pass `train=<manifest.jsonl>` and `output_dir=<folder>`.")
@@ -147,6 +180,8 @@ def train(
     set_seed(int((training or {}).get("seed", recipe.seed)))  # new modules start the same in every process and run
     model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {})
     trained = spec.apply_freezing(recipe, model, stage)
+    train_rows = load_manifest(options.train, split="train")
+    model.card_info = _card_info(spec, recipe, recipe_file, stage, options.train, train_rows)
     logger.info(f"{spec.name} recipe {recipe.name!r}, stage {stage}: training {len(trained)} parameter tensors.")
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -163,7 +198,7 @@ def train(
     trainer = VideoadaptTrainer(
         model=model,
         args=args,
-        train_dataset=load_manifest(options.train, split="train"),
+        train_dataset=train_rows,
         eval_dataset=None if options.eval is None else load_manifest(options.eval, split="validation"),
         data_collator=collator,
         callbacks=spec.callbacks(recipe, stage),

@@ -24,6 +24,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
+from videoadapt.pave_hub import pave_class_for
 from videoadapt.processors.sampling import SegmentSampler
 from videoadapt.processors.video_io import load_video
 
@@ -210,12 +211,6 @@ class Method:
 class PaveMethod(Method):
     """PAVE: the base (or a saved PAVE model) gets the recipe's patch and LoRA; rows carry side-channel features."""
 
-    _CLASSES = {
-        "llava_onevision": "PaveForConditionalGeneration",
-        "llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
-        "video_llava": "PaveVideoLlavaForConditionalGeneration",
-    }
-
     def config_overrides(self, recipe: Any, stage: str | None) -> dict[str, Any]:
         return {}
 
@@ -223,8 +218,7 @@ class PaveMethod(Method):
         unknown = sorted(set(config) - {"side_channel_dim"})
         if unknown:
             raise ValueError(f"PAVE takes only `config.side_channel_dim` (the feature width), got {unknown}.")
-        modeling = importlib.import_module("videoadapt.modeling_pave")
-        model_class = getattr(modeling, self._CLASSES[recipe.base_model_type])
+        model_class = pave_class_for(recipe.base_model_type, f"the recipe {recipe.name!r}")
         checkpoint = Path(checkpoint)
         model = model_class.from_pretrained(checkpoint)
         if recipe.name not in model.patch_names:

@@ -19,7 +19,7 @@ SUMMARY_KEYS = {
     "base_params",
     "patch_bytes",
 }
-PATCH_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "patch.safetensors",
+PATCH_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "patch.safetensors",
                "patch_config.json"]  # fmt: skip
 
 

@@ -176,7 +176,9 @@ def test_import_matches_the_official_tensors_and_forward(release, tmp_path, tiny
     checkpoint, _ = tiny
     out = run_import(folder, tmp_path / "imported", tiny, side_channel=side_channel)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                     "patch.safetensors", "patch_config.json"]  # fmt: skip
+                                                     "config.json", "patch.safetensors", "patch_config.json"]  # fmt: skip
+    pointer = json.loads((out / "config.json").read_text())
+    assert pointer["model_type"] == "videoadapt_pave_patch" and pointer["base_model_type"] == "llava_onevision"
     config = json.loads((out / "patch_config.json").read_text())
     assert config["tie_value_to_key"] and not config["attention_output_projection"] and config["rope"] == "none"
     assert config["query_source"] == "vision" and config["base_model_type"] == "llava_onevision"

@@ -1,0 +1,112 @@
+"""Load what a parent process pushed, in a fresh process, and write the outputs: the other half of a Hub round trip.
+
+Shared by tests/hub and bench/hub_roundtrip.py. The parent writes a job file and runs
+
+    python -m videoadapt.testing.roundtrip jobs.json
+
+Each job loads a model one way, runs it on the first rows of a manifest through the method's collator (so the
+processor is exercised too) and writes `<out>/<id>.safetensors` (`logits` [B, L, V]) or, when loading fails,
+`<out>/<id>.error.json` with the exception's type and message. Job fields:
+
+    id:        output name
+    load:      "model"   AutoModelForImageTextToText.from_pretrained(repo, revision)
+               "patch"   <PAVE class of base_type>.from_pretrained(base) then load_patch(repo, revision)
+               "auto"    AutoModelForImageTextToText.from_pretrained(repo, revision): a patch repository in one line
+    repo, revision (optional), base / base_type (load="patch"), processor (a repo or folder for AutoProcessor),
+    method, recipe (e.g. "pave/avsd"), stage (optional), manifest, split (default "test"), rows (default 2)
+"""
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+__all__ = ["method_logits", "run_job", "run_jobs", "write_tiny_manifest"]
+
+
+def write_tiny_manifest(root: str | Path, rows: int = 2) -> Path:
+    """`rows` test rows on short synthetic videos, each with 8-d audio-like side-channel features; returns the
+    manifest path (`root/data.jsonl`)."""
+    from videoadapt.processors.side_channels import SideChannelFeatures
+    from videoadapt.processors.synthetic import random_spec, write_synthetic_video
+    from videoadapt.recipes.manifest import write_manifest
+
+    root = Path(root)
+    records = []
+    for i in range(rows):
+        spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)
+        write_synthetic_video(root / f"v{i}.mp4", spec)
+        features = torch.randn(2, 1, 1, 8, generator=torch.Generator().manual_seed(i))
+        SideChannelFeatures("audio", features, torch.tensor([0.5, 1.5])).save(root / f"a{i}.safetensors")
+        records.append({"id": f"test/{i}", "split": "test", "video": f"v{i}.mp4", "question": "what color is it?",
+                        "answers": ["red"], "side_channels": {"audio": f"a{i}.safetensors"}})  # fmt: skip
+    write_manifest(records, root / "data.jsonl")
+    return root / "data.jsonl"
+
+
+def method_logits(
+    model: Any, processor: Any, method: str, recipe: str, manifest: str, split: str = "test", rows: int = 2, **kw
+) -> torch.Tensor:
+    """Logits of `model` on the first `rows` rows of `manifest`, batched by the method's evaluation collator."""
+    from videoadapt.recipes.manifest import load_manifest
+    from videoadapt.recipes.training import METHODS, SFTCollator
+
+    spec = METHODS[method]
+    loaded = spec.load_recipe(Path(recipe).name)
+    collator = SFTCollator(
+        processor, functools.partial(spec.prompt, loaded, processor), train=False, extra=spec.processor_extra(loaded)
+    )
+    data = load_manifest(manifest, split=split)
+    batch = collator([data[i] for i in range(min(rows, len(data)))])
+    batch.pop("references")
+    with torch.no_grad():
+        return model.eval()(**batch).logits.detach().contiguous()
+
+
+def _load(job: dict[str, Any]) -> Any:
+    revision = job.get("revision")
+    if job["load"] in ("model", "auto"):
+        return AutoModelForImageTextToText.from_pretrained(job["repo"], revision=revision)
+    if job["load"] == "patch":
+        from videoadapt.pave_hub import pave_class_for
+
+        model = pave_class_for(job["base_type"], "the job").from_pretrained(job["base"])
+        model.load_patch(job["repo"], revision=revision)
+        return model
+    raise ValueError(f"job `load` must be 'model', 'patch' or 'auto', got {job['load']!r}.")
+
+
+def run_job(job: dict[str, Any], out: Path) -> None:
+    """Run one job (see the module docstring); failures are written, not raised."""
+    try:
+        model = _load(job)
+        processor = AutoProcessor.from_pretrained(job["processor"])
+        logits = method_logits(
+            model, processor, job["method"], job["recipe"], job["manifest"], job.get("split", "test"),
+            job.get("rows", 2),
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the parent asserts on the type and message
+        (out / f"{job['id']}.error.json").write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+        return
+    save_file({"logits": logits}, out / f"{job['id']}.safetensors")
+
+
+def run_jobs(path: str) -> None:
+    spec = json.loads(Path(path).read_text())
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    for job in spec["jobs"]:
+        run_job(job, out)
+
+
+if __name__ == "__main__":
+    import videoadapt  # noqa: F401 - registers the Auto classes
+
+    torch.set_num_threads(1)
+    run_jobs(sys.argv[1])
