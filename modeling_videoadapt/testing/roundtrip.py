@@ -27,7 +27,44 @@ from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
-__all__ = ["method_logits", "run_job", "run_jobs", "write_tiny_manifest"]
+__all__ = ["HIDDEN_CHILD", "method_logits", "run_job", "run_jobs", "write_tiny_manifest"]
+
+# A fresh interpreter in which videoadapt cannot be imported (it is installed, so a finder first in `sys.meta_path`
+# refuses it): it loads `argv[1]` (an exported folder or a Hub repo of one) with plain transformers and
+# `trust_remote_code=True`, runs the processor on the raw inputs in `argv[2]` (`frames` [T, H, W, 3] uint8, an
+# optional `side.<patch>` [T', h, w, C] per side channel, text in the metadata) and writes the logits and the list of
+# videoadapt modules that got imported (none) into `argv[3]`.
+HIDDEN_CHILD = r"""
+import importlib.abc, json, sys
+
+
+class HideVideoadapt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "videoadapt" or name.startswith("videoadapt."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
+
+
+sys.meta_path.insert(0, HideVideoadapt())
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+torch.set_num_threads(1)
+source, raw_path, out = sys.argv[1:4]
+raw = load_file(raw_path)
+with safe_open(raw_path, "pt") as handle:
+    text = handle.metadata()["text"]
+side = {k.removeprefix("side."): v for k, v in raw.items() if k.startswith("side.")}
+processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=True).eval()
+inputs = processor(text, videos=[raw["frames"].numpy()], **({"side_channels": [side]} if side else {}))
+with torch.no_grad():
+    logits = model(**inputs).logits
+imported = sorted(m for m in sys.modules if m == "videoadapt" or m.startswith("videoadapt."))
+save_file({"logits": logits.contiguous()}, out, metadata={"imported": json.dumps(imported),
+                                                           "module": type(model).__module__})
+"""
 
 
 def write_tiny_manifest(root: str | Path, rows: int = 2) -> Path:
@@ -38,6 +75,7 @@ def write_tiny_manifest(root: str | Path, rows: int = 2) -> Path:
     from videoadapt.recipes.manifest import write_manifest
 
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(rows):
         spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)

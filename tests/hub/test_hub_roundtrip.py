@@ -131,7 +131,7 @@ def patch_repo(hub, pushed, manifest, tiny_checkpoints, tmp_path_factory) -> dic
     return {"v1": v1, "v2": v2, "base_commit": base_commit, "model": model, "processor": processor}
 
 
-def test_a_patch_repo_loads_in_one_line_with_its_pinned_base(patch_repo, hub, manifest, tmp_path):
+def test_a_patch_repo_loads_in_one_line_with_its_pinned_base(patch_repo, hub, manifest, tiny_checkpoints, tmp_path):
     card = HfApi().hf_hub_download(PATCH_REPO, "config.json")
     pointer = json.loads(Path(card).read_text())
     assert pointer["base_model_name_or_path"] == BASE_REPO and pointer["base_revision"] == patch_repo["base_commit"]
@@ -140,12 +140,15 @@ def test_a_patch_repo_loads_in_one_line_with_its_pinned_base(patch_repo, hub, ma
             job("auto_v1", "auto", PATCH_REPO, manifest, revision="v1"),
             job("auto_main", "auto", PATCH_REPO, manifest),
             job("patch_v1", "patch", PATCH_REPO, manifest, revision="v1", base=BASE_REPO, base_type="llava_onevision"),
+            job("patch_v1_on_the_original_base", "patch", PATCH_REPO, manifest, revision="v1",
+                base=str(tiny_checkpoints["llava_onevision"]), base_type="llava_onevision"),
         ],
         hub,
         tmp_path,
     )  # fmt: skip
     assert torch.equal(results["auto_v1"], patch_repo["v1"])  # patch at v1, base at the commit it pins
     assert torch.equal(results["auto_main"], patch_repo["v2"])
+    assert torch.equal(results["patch_v1_on_the_original_base"], patch_repo["v1"])  # load_patch(repo, revision)
     # the same patch on the base's moved main: different outputs, so the pin above is what made them equal
     assert isinstance(results["patch_v1"], torch.Tensor), results["patch_v1"]
     assert not torch.allclose(results["patch_v1"], patch_repo["v1"])
