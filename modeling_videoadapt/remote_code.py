@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from huggingface_hub import ModelCard
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
@@ -164,6 +165,30 @@ def _update_json(path: Path, auto_map: dict[str, str]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+REMOTE_CODE_SECTION = """
+## Loading without videoadapt
+
+This folder carries the videoadapt code it needs (`trust_remote_code`); plain transformers loads it:
+
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained("<this folder or repo>", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("<this folder or repo>", trust_remote_code=True)
+```
+"""
+
+
+def _mark_card(path: Path) -> None:
+    """Tag the copied model card `custom_code` (as the Hub does for remote-code models) and say how to load it."""
+    card = ModelCard(path.read_text(encoding="utf-8"))
+    card.data.tags = [
+        *(card.data.tags or []),
+        *(["custom_code"] if "custom_code" not in (card.data.tags or []) else []),
+    ]
+    path.write_text(str(card).rstrip("\n") + "\n" + REMOTE_CODE_SECTION, encoding="utf-8")
+
+
 def _write_folder(row: ModelRow, model_dir: Path, folder: Path) -> None:
     """Copy `model_dir` into the new `folder` (old top-level code left out), then add the code and `auto_map`s."""
 
@@ -177,6 +202,8 @@ def _write_folder(row: ModelRow, model_dir: Path, folder: Path) -> None:
         (folder / name).write_text(source, encoding="utf-8")
     if not (folder / "requirements.txt").exists():
         (folder / "requirements.txt").write_text("".join(f"{name}\n" for name in _requirements(files)))
+    if (folder / "README.md").is_file():
+        _mark_card(folder / "README.md")
     auto_map = {"AutoConfig": _reference(row.config_class)}
     auto_map.update({auto_name: _reference(cls) for auto_name, cls in row.model_classes.items()})
     _update_json(folder / "config.json", auto_map)

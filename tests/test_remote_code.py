@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import transformers
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -317,8 +318,18 @@ def test_export_folder_layout(exported):
     processor = json.loads((folder / "processor_config.json").read_text())
     assert processor["auto_map"] == {"AutoProcessor": "processing_pave.PaveProcessor"}
     for path in [*saved.rglob("*")]:  # weights, tokenizer and the patches/ subfolders are copied byte for byte
-        if path.is_file() and path.name not in ("config.json", "processor_config.json"):
+        if (
+            path.is_file()
+            and path.name not in ("config.json", "processor_config.json")
+            and path != saved / "README.md"
+        ):
             assert (folder / path.relative_to(saved)).read_bytes() == path.read_bytes(), path
+    card, original = ModelCard.load(folder / "README.md"), ModelCard.load(saved / "README.md")
+    assert card.data.tags == [*original.data.tags, "custom_code"]  # the rest of the metadata is unchanged
+    assert {k: v for k, v in card.data.to_dict().items() if k != "tags"} == {
+        k: v for k, v in original.data.to_dict().items() if k != "tags"
+    }
+    assert card.text.startswith(original.text.rstrip("\n")) and "trust_remote_code=True" in card.text
     code = sorted(p.name for p in folder.glob("*.py"))
     assert {"modeling_pave.py", "configuration_pave.py", "processing_pave.py", "layers_rotary.py"} <= set(code)
     assert all("videoadapt." not in line for p in folder.glob("*.py") for line in p.read_text().splitlines()
