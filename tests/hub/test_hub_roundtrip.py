@@ -195,6 +195,10 @@ def test_hub_errors_are_named_and_leave_nothing_half_written(patch_repo, hub, ma
         model.load_patch(PATCH_REPO, revision="v1", cache_dir=cache, local_files_only=True)
     assert model.patch_names == []
     hub.fail_next("GET */resolve/*/patch.safetensors", mode="truncate", times=0)  # clears the fault
+    hub.fail_next("GET */resolve/*/patch.safetensors", mode="status", status=500, times=1)  # a server error
+    with pytest.raises(PatchDownloadError, match=r"(?s)failed \(HfHubHTTPError: Server error .500.*retry"):
+        model.load_patch(PATCH_REPO, revision="v1", cache_dir=cache)
+    assert not list(cache.rglob("snapshots/*/patch.safetensors")) and model.patch_names == []
     model.load_patch(PATCH_REPO, revision="v1", cache_dir=cache)
     assert model.patch_names == [PATCH]
     logits = method_logits(model, patch_repo["processor"], "pave", "pave/avsd", str(manifest))
