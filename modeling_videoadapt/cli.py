@@ -438,18 +438,24 @@ def _frame_preprocessor(args: argparse.Namespace) -> Any:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    """Load the manifest and the tower, extract into the Arrow cache, save the dataset to `args.output`."""
+    """Load the manifest and the tower, extract into the Arrow cache, save the dataset to `args.output`.
+
+    A REEF, DynFocus or Compact model folder gets exactly its `vision_features` (`Method.feature_encoder`: its
+    processor's frame sampler unless `--num-frames` / `--fps`, its preprocessing, a row's `timestamps` segment); an
+    InstructBLIP(-Video) base gets its vision model's output before `post_layernorm`, what REEF and DynFocus read.
+    """
     import os
     import shutil
     from pathlib import Path
 
     import torch
     from datasets import DatasetDict
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, InstructBlipVideoVisionModel, InstructBlipVisionModel
 
     from videoadapt.processors.sampling import FpsSampler, UniformSampler
     from videoadapt.recipes.extract import FrameFeatureEncoder, extract_features, unique_media
     from videoadapt.recipes.manifest import load_manifest
+    from videoadapt.recipes.training import METHODS
 
     output = Path(args.output)
     if output.exists():
@@ -461,16 +467,27 @@ def _run_extract(args: argparse.Namespace) -> int:
     if args.unique_videos:
         splits = {name: unique_media(split, "video") for name, split in splits.items()}
     model = AutoModelForImageTextToText.from_pretrained(args.model)
-    layer = (
-        args.feature_layer if args.feature_layer is not None else getattr(model.config, "vision_feature_layer", None)
-    )
     sampler = UniformSampler(args.num_frames or 32) if args.fps is None else FpsSampler(args.fps, args.max_frames)
-    encoder = FrameFeatureEncoder(
-        _vision_tower(model),
-        _frame_preprocessor(args),
-        sampler,
-        feature_layer=layer if isinstance(layer, int) else None,
-    )
+    method = next((m for m in METHODS.values() if m.frame_features and isinstance(model, m.model_class())), None)
+    if method is not None:  # the features its `vision_features` take, sampled and preprocessed as its processor does
+        if args.feature_layer is not None or args.preprocessor is not None:
+            raise ValueError(
+                f"`--feature-layer` and `--preprocessor` do not apply to a {method.name} model: its processor and "
+                "its `vision_features` fix the frames' preprocessing and the features; drop them."
+            )
+        chosen = args.num_frames is not None or args.fps is not None
+        processor = method.load_processor(model, args.model)
+        encoder = method.feature_encoder(model, processor, sampler if chosen else None)
+    else:
+        tower = _vision_tower(model)
+        layer = args.feature_layer
+        if layer is None and isinstance(tower, InstructBlipVisionModel | InstructBlipVideoVisionModel):
+            layer = -1  # before `post_layernorm`, which REEF and DynFocus apply to their `vision_features`
+        elif layer is None:
+            layer = getattr(model.config, "vision_feature_layer", None)
+        encoder = FrameFeatureEncoder(
+            tower, _frame_preprocessor(args), sampler, feature_layer=layer if isinstance(layer, int) else None
+        )
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     cache_dir = args.cache_dir or f"{os.fspath(output).rstrip(os.sep)}-cache"
     options = dict(num_proc=args.num_proc, batch_size=args.batch_size, dtype=args.dtype)

@@ -6,6 +6,8 @@ A video goes: every frame through OneVision's vision tower (the selected layer, 
 the frames stacked over time [B, T, g, g, D] -> `SpatioTemporalCompressor` (f = 4 along T, H and W) -> the latent
 flattened in (t, h, w) order -> OneVision's 2-layer MLP `multi_modal_projector` -> the `<video>` placeholder positions.
 No `image_newline` follows a Compact video. The LLM sees (T/f) * (g/f)^2 tokens per video (128 for 32 frames).
+`forward`, `generate` and `get_video_features` also take the compressor's inputs pre-extracted, as `vision_features`
+[B, T, g, g, D] (what `get_compressor_inputs` returns; the frozen vision tower is then skipped).
 
 Weight names are OneVision's (`model.vision_tower`, `model.multi_modal_projector`, `model.image_newline`,
 `model.language_model`, `lm_head`); Compact adds `model.compressor` only, so loading a OneVision checkpoint reports
@@ -19,6 +21,7 @@ Shape legend:
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +158,23 @@ class CompactModel(VideoadaptHubMixin, LlavaOnevisionModel):
         )
         return grids
 
+    def _check_vision_features(self, pixel_values_videos: torch.Tensor | None, vision_features: torch.Tensor) -> None:
+        """`vision_features` alone, shaped [B, T, g, g, D] with T a multiple of f."""
+        if pixel_values_videos is not None:
+            raise ValueError(
+                "pass exactly one of `pixel_values_videos` [B, T, 3, H, W] (the frames) and `vision_features` "
+                "[B, T, g, g, D] (the compressor's inputs, `get_compressor_inputs`), got both."
+            )
+        config = self.config
+        g, dim, f = config.feature_grid, config.compressor_dim, config.compression_factor
+        shape = tuple(vision_features.shape)
+        if len(shape) != 5 or shape[2:] != (g, g, dim) or shape[1] < 1 or shape[1] % f:
+            raise ValueError(
+                f"`vision_features` must be [B, T, g, g, D] with g = {g} (`feature_grid`), D = {dim} (the compressor "
+                f"width) and T a multiple of f = {f}, got {shape}; extract them with `get_compressor_inputs` "
+                "(`METHODS['compact'].feature_encoder(model, processor)` of videoadapt.recipes.training)."
+            )
+
     @merge_with_config_defaults
     @can_return_tuple
     @select_hidden_states("vision_feature_layer")
@@ -163,6 +183,7 @@ class CompactModel(VideoadaptHubMixin, LlavaOnevisionModel):
         pixel_values_videos: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CompactVideoFeaturesOutput:
         """Compressed, projected video tokens.
@@ -170,20 +191,26 @@ class CompactModel(VideoadaptHubMixin, LlavaOnevisionModel):
         Args:
             pixel_values_videos: [B, T, 3, H, W], T a multiple of the compression factor.
             vision_feature_layer / vision_feature_select_strategy: as OneVision's (default: the config's).
+            vision_features: instead of the frames, the compressor's inputs [B, T, g, g, D] (`get_compressor_inputs`,
+                pre-extracted); the vision outputs are then None.
 
         Returns:
             `CompactVideoFeaturesOutput` with `pooler_output` [B, (T/f) * (g/f)^2, Dt].
         """
-        grids, vision = self._frame_grids(
-            pixel_values_videos, vision_feature_layer, vision_feature_select_strategy, **kwargs
-        )
+        if vision_features is None:
+            grids, vision = self._frame_grids(
+                pixel_values_videos, vision_feature_layer, vision_feature_select_strategy, **kwargs
+            )
+        else:
+            self._check_vision_features(pixel_values_videos, vision_features)
+            grids, vision = vision_features.to(next(self.compressor.parameters()).dtype), None
         latent = self.compressor(grids)  # [B, t, h, w, D]
         tokens = self.multi_modal_projector(latent.flatten(1, 3))  # [B, t*h*w, Dt], (t, h, w) order
         return CompactVideoFeaturesOutput(
-            last_hidden_state=vision.last_hidden_state,
+            last_hidden_state=None if vision is None else vision.last_hidden_state,
             pooler_output=tokens,
-            hidden_states=vision.hidden_states,
-            attentions=vision.attentions,
+            hidden_states=None if vision is None else vision.hidden_states,
+            attentions=None if vision is None else vision.attentions,
             compressed_features=latent,
         )
 
@@ -203,6 +230,51 @@ class CompactForConditionalGeneration(VideoadaptHubMixin, LlavaOnevisionForCondi
         self.model = CompactModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_sizes_videos: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict | None = None,
+        vision_features: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """OneVision's `forward`, with `vision_features` [B, T, g, g, D] (the compressor's inputs, see
+        `CompactModel.get_video_features`) as an alternative to `pixel_values_videos`."""
+        if vision_features is not None:
+            video = self.model.get_video_features(pixel_values_videos, vision_features=vision_features)
+            mm_encoder_outputs = {**(mm_encoder_outputs or {}), "video": video}
+        return super().forward(
+            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
+            pixel_values_videos=pixel_values_videos, image_sizes_videos=image_sizes_videos,
+            attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            mm_encoder_outputs=mm_encoder_outputs, **kwargs,
+        )  # fmt: skip
+
+    def generate(self, *args: Any, vision_features: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """`GenerationMixin.generate`; `vision_features` [B, T, g, g, D] replace `pixel_values_videos` (encoded once,
+        before the prefill, as transformers encodes pixels)."""
+        if vision_features is not None:
+            video = self.model.get_video_features(kwargs.get("pixel_values_videos"), vision_features=vision_features)
+            kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "video": video}
+        return super().generate(*args, **kwargs)
 
     def num_video_tokens(self, num_frames: int | None = None) -> int:
         """Tokens the LLM receives for a `num_frames`-frame video (`CompactConfig.num_video_tokens`)."""

@@ -7,7 +7,9 @@ Dynamic Selection scores each prototype from [Max || Avg] with a three-layer MLP
 per frame. "Cones": the key frame of each kept event (the event's centre frame) gets P + I fine tokens
 F_fine(h || G). "Rods": every frame gets 2 coarse tokens F_coarse([context, content]): the context token is
 LLaMA-VID's attention of instruction-conditioned Q-Former queries over G_t, the content token the mean of G_t. The
-tokens go to the LLM frame by frame in temporal order: [fine (key frames), rods].
+tokens go to the LLM frame by frame in temporal order: [fine (key frames), rods]. `forward`, `generate` and
+`get_video_features` take the frames as `pixel_values` or, pre-extracted, as `vision_features` (the frozen vision
+encoder's output before its `post_layernorm`, applied here).
 
 Shape legend:
     B   batch             T   frames               N   patch tokens per frame (CLS dropped)     C   vision width
@@ -99,7 +101,8 @@ class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForC
 
     Weight names are InstructBLIP-Video's; the new modules are `event_scorer`, `context_attention`, `fine_projector`
     and `coarse_projector`. InstructBLIP's `language_projection` is kept (weights load) but unused: the Q-Former's
-    queries reach the LLM only through the context attention, as in LLaMA-VID.
+    queries reach the LLM only through the context attention, as in LLaMA-VID. Frames come as `pixel_values`
+    [B, T, 3, H, W] or as `vision_features` [B, T, 1+N, C] (see `get_video_features`).
     """
 
     config: DynFocusConfig
@@ -121,19 +124,26 @@ class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForC
 
     # ----------------------------------------------------------------------------------------- per-frame encoding
 
-    def _encode_frames(self, pixels: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor, **kwargs):
-        """pixels [F, 3, H, W] -> (pooled h [F, P, C], G [F, I, C], G mask [F, I], finest assign [F, N], ctx [F, C])."""
-        config = self.config
-        tokens = self.vision_model(pixel_values=pixels, **kwargs).last_hidden_state  # [F, 1+N, C]
-        queries = self.query_tokens.expand(len(pixels), -1, -1)
-        mask = torch.cat([torch.ones(queries.shape[:2], dtype=text_mask.dtype, device=pixels.device), text_mask], 1)
+    def _frame_tokens(self, frames: torch.Tensor, from_features: bool) -> torch.Tensor:
+        """Pixels [F, 3, H, W] or vision features [F, 1+N, C] -> the vision tokens [F, 1+N, C] (after
+        `post_layernorm`, applied here to features as the vision model applies it)."""
+        if not from_features:
+            return self.vision_model(pixel_values=frames).last_hidden_state
+        layer_norm = self.vision_model.post_layernorm
+        return layer_norm(frames.to(layer_norm.weight.dtype))
+
+    def _encode_frames(self, tokens: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor):
+        """tokens [F, 1+N, C] -> (pooled h [F, P, C], G [F, I, C], G mask [F, I], finest assign [F, N], ctx [F, C])."""
+        config, device = self.config, tokens.device
+        queries = self.query_tokens.expand(len(tokens), -1, -1)
+        mask = torch.cat([torch.ones(queries.shape[:2], dtype=text_mask.dtype, device=device), text_mask], 1)
         text = self.qformer(
             input_ids=text_ids, attention_mask=mask, query_embeds=queries, encoder_hidden_states=tokens,
-            encoder_attention_mask=torch.ones(tokens.shape[:2], dtype=torch.long, device=pixels.device),
+            encoder_attention_mask=torch.ones(tokens.shape[:2], dtype=torch.long, device=device),
         ).last_hidden_state[:, : queries.shape[1]]  # fmt: skip
         patches = tokens[:, 1:]  # [F, N, C]
         grid, side = int(patches.shape[1] ** 0.5), int(config.num_pooled_tokens**0.5)
-        square = patches.transpose(1, 2).reshape(len(pixels), -1, grid, grid)
+        square = patches.transpose(1, 2).reshape(len(tokens), -1, grid, grid)
         pooled = nn.functional.adaptive_avg_pool2d(square, side).flatten(2).transpose(1, 2)  # [F, P, C]
         spatial = multi_level_prototypes(
             patches, tuple(config.spatial_clusters), tuple(config.spatial_knn), weighting=config.prototype_weighting
@@ -143,21 +153,47 @@ class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForC
 
     # ----------------------------------------------------------------------------------------- video features
 
+    def _check_frame_inputs(self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None) -> tuple:
+        """(B, T) of exactly one of `pixel_values` [B, T, 3, H, W] and `vision_features` [B, T, 1+N, C]."""
+        if (pixel_values is None) == (vision_features is None):
+            got = "both" if pixel_values is not None else "neither"
+            raise ValueError(
+                "pass exactly one of `pixel_values` [B, T, 3, H, W] (the frames) and `vision_features` [B, T, L, C] "
+                f"(the frozen vision encoder's output per frame, before `post_layernorm`), got {got}."
+            )
+        if pixel_values is not None:
+            if pixel_values.ndim != 5 or pixel_values.shape[1] < 1:
+                raise ValueError(
+                    f"`pixel_values` must be [B, T, 3, H, W] with T >= 1 frames, got {tuple(pixel_values.shape)}."
+                )
+            return tuple(pixel_values.shape[:2])
+        vision = self.config.vision_config
+        tokens, width = (vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size
+        shape = tuple(vision_features.shape)
+        if len(shape) != 4 or shape[1] < 1 or shape[2:] != (tokens, width):
+            raise ValueError(
+                f"`vision_features` must be [B, T, L, C] with T >= 1 frames, L = {tokens} tokens per frame (CLS + "
+                f"(image_size / patch_size)^2 patches) and C = {width} (the vision hidden size), got {shape}; extract "
+                "them with `METHODS['dynfocus'].feature_encoder(model, "
+                "processor)` (videoadapt.recipes.training)."
+            )
+        return tuple(vision_features.shape[:2])
+
     def get_video_features(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool | None = False,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> DynFocusVideoFeaturesOutput:
-        """pixel_values [B, T, 3, H, W] (every video with T frames) + the instruction [B, L_text] -> video tokens."""
+        """Frames + the instruction [B, L_text] -> video tokens. The frames (every video with T) are pixel_values
+        [B, T, 3, H, W], or instead vision_features [B, T, 1+N, C]: the frozen vision encoder's output per frame before
+        `post_layernorm` (`hidden_states[-1]` of `vision_model`; pre-extracted, see
+        `videoadapt.recipes.training.Method.feature_encoder`)."""
         config = self.config
-        if pixel_values.ndim != 5 or pixel_values.shape[1] < 1:
-            raise ValueError(
-                f"`pixel_values` must be [B, T, 3, H, W] with T >= 1 frames, got {tuple(pixel_values.shape)}."
-            )
-        batch, frames = pixel_values.shape[:2]
+        batch, frames = self._check_frame_inputs(pixel_values, vision_features)
         if frames > config.max_frames:
             raise ValueError(f"videos may have at most `max_frames` = {config.max_frames} frames, got {frames}.")
         if qformer_input_ids is None:
@@ -168,11 +204,14 @@ class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForC
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
         text_ids = qformer_input_ids.repeat_interleave(frames, 0)
-        text_mask = qformer_attention_mask.to(pixel_values.device).repeat_interleave(frames, 0)
-        flat = pixel_values.flatten(0, 1)
+        from_features = vision_features is not None
+        flat = (vision_features if from_features else pixel_values).flatten(0, 1)
+        text_mask = qformer_attention_mask.to(flat.device).repeat_interleave(frames, 0)
         parts = [
             self._encode_frames(
-                flat[i : i + FRAME_CHUNK], text_ids[i : i + FRAME_CHUNK], text_mask[i : i + FRAME_CHUNK]
+                self._frame_tokens(flat[i : i + FRAME_CHUNK], from_features),
+                text_ids[i : i + FRAME_CHUNK],
+                text_mask[i : i + FRAME_CHUNK],
             )
             for i in range(0, len(flat), FRAME_CHUNK)
         ]
@@ -239,18 +278,76 @@ class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForC
         out[b[:, None, None].expand_as(rods_pos)[keep], rods_pos[keep]] = rods[keep]
         return out
 
-    @torch.no_grad()
-    def generate(self, pixel_values: torch.Tensor, qformer_input_ids=None, qformer_attention_mask=None,
-                 input_ids=None, attention_mask=None, inputs_embeds=None, interpolate_pos_encoding=False,
-                 **generate_kwargs) -> torch.LongTensor:  # fmt: skip
-        """InstructBLIP-Video's `generate`; without a prompt, the input is the video tokens and BOS."""
-        if input_ids is None and inputs_embeds is None:
-            count = self.config.num_video_tokens(pixel_values.shape[1])
-            start = [self.config.video_token_index] * count + [self.config.text_config.bos_token_id]
-            input_ids = torch.tensor([start], dtype=torch.long, device=pixel_values.device).repeat(
-                len(pixel_values), 1
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict | None = None,
+        vision_features: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """InstructBLIP-Video's `forward`, with `vision_features` [B, T, 1+N, C] (see `get_video_features`) as an
+        alternative to `pixel_values`: the frozen vision encoder is then skipped."""
+        if vision_features is not None:
+            video = self.get_video_features(
+                pixel_values, qformer_input_ids, qformer_attention_mask, vision_features=vision_features, **kwargs
             )
-        return super().generate(
-            pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask, inputs_embeds,
-            interpolate_pos_encoding, **generate_kwargs,
+            mm_encoder_outputs = {**(mm_encoder_outputs or {}), "video": video}
+        return super().forward(
+            pixel_values=None if vision_features is not None else pixel_values, qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask, input_ids=input_ids, attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+            inputs_embeds=inputs_embeds, labels=labels, interpolate_pos_encoding=interpolate_pos_encoding,
+            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs, **kwargs,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        vision_features: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """InstructBLIP-Video's `generate` from `pixel_values` or `vision_features`; without a prompt, the input is the
+        video tokens and BOS."""
+        if hasattr(self, "hf_device_map"):
+            self._preprocess_accelerate()
+        video = self.get_video_features(
+            pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
+            vision_features=vision_features,
+        ).pooler_output  # fmt: skip
+        if input_ids is None and inputs_embeds is None:
+            frames = (pixel_values if vision_features is None else vision_features).shape[1]
+            start = [self.config.video_token_index] * self.config.num_video_tokens(frames)
+            start.append(self.config.text_config.bos_token_id)
+            input_ids = torch.tensor([start], dtype=torch.long, device=video.device).repeat(len(video), 1)
+        return self._generate_from_video_tokens(video, input_ids, attention_mask, inputs_embeds, **generate_kwargs)
+
+    def _generate_from_video_tokens(self, video_tokens, input_ids, attention_mask, inputs_embeds, **generate_kwargs):
+        """InstructBLIP-Video's generation from video tokens [B, N, D]: scattered into the `video_token_index`
+        positions of the prompt's embeddings, then the language model's `generate`."""
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        video_tokens = video_tokens.to(inputs_embeds.device, inputs_embeds.dtype)
+        inputs_embeds = inputs_embeds.masked_scatter(self.get_placeholder_mask(input_ids, inputs_embeds), video_tokens)
+        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        if not self.language_model.config.is_encoder_decoder:
+            inputs["input_ids"] = input_ids
+        return self.language_model.generate(**inputs, **generate_kwargs)

@@ -9,6 +9,8 @@ Relevance-aware Temporal Compression (RTC) merges the adjacent pair with the hig
 s_t = alpha * cos(p_t, p_t+1) + (1 - alpha) * ((1 - r_t) + (1 - r_t+1)) / 2, r = r_temp * r_spat, by a size-weighted
 average (alpha = 1 without filtering is MA-LMM's memory-bank compression). Only the last step's query outputs go
 through the language projection into the LLM, so the LLM sees `num_query_tokens` video tokens whatever the length.
+`forward`, `generate` and `get_video_features` take the frames as `pixel_values` or, pre-extracted, as
+`vision_features` (the frozen vision encoder's output before its `post_layernorm`, which REEF's recipes train).
 
 Shape legend:
     B   batch                       T   frames (processed one at a time; memory never holds more than M + 1)
@@ -222,6 +224,7 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForCondi
     Weight names are InstructBLIP-Video's (`vision_model`, `query_tokens`, `qformer`, `language_projection`,
     `language_model`); REEF adds `frame_position_embedding`, `spatial_filter` and `temporal_compression`, so loading an
     InstructBLIP(-Video) checkpoint reports only those as missing. The LLM receives `num_query_tokens` video tokens.
+    Frames come as `pixel_values` [B, T, 3, H, W] or as `vision_features` [B, T, 1+P, C] (see `get_video_features`).
     """
 
     config: ReefConfig
@@ -249,29 +252,67 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForCondi
         if isinstance(module, ReefFramePositionEmbedding):
             init.zeros_(module.weight)  # MA-LMM initialises `image_pe` to zeros
 
+    def _check_frame_inputs(self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None) -> tuple:
+        """(B, T) of exactly one of `pixel_values` [B, T, 3, H, W] and `vision_features` [B, T, 1+P, C]."""
+        if (pixel_values is None) == (vision_features is None):
+            got = "both" if pixel_values is not None else "neither"
+            raise ValueError(
+                "pass exactly one of `pixel_values` [B, T, 3, H, W] (the frames) and `vision_features` [B, T, L, C] "
+                f"(the frozen vision encoder's output per frame, before `post_layernorm`), got {got}."
+            )
+        if pixel_values is not None:
+            if pixel_values.ndim != 5:
+                raise ValueError(
+                    f"`pixel_values` must be [B, T, 3, H, W] (a batch of videos), got {tuple(pixel_values.shape)}."
+                )
+            return tuple(pixel_values.shape[:2])
+        vision = self.config.vision_config
+        tokens, width = (vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size
+        if vision_features.ndim != 4 or tuple(vision_features.shape[2:]) != (tokens, width):
+            raise ValueError(
+                f"`vision_features` must be [B, T, L, C] with L = {tokens} tokens per frame (CLS + (image_size / "
+                f"patch_size)^2 patches) and C = {width} (the vision hidden size), got {tuple(vision_features.shape)}; "
+                "extract them with `METHODS['reef'].feature_encoder(model, processor)` (videoadapt.recipes.training)."
+            )
+        return tuple(vision_features.shape[:2])
+
+    def _frame_tokens(self, pixel_values, vision_features, t: int, interpolate_pos_encoding, **kwargs) -> tuple:
+        """Frame t's vision tokens [B, 1+P, C] (after `post_layernorm`) and the vision model's output (None when
+        they come from `vision_features`: `post_layernorm` is applied here, as the vision model applies it)."""
+        if vision_features is None:
+            vision = self.vision_model(
+                pixel_values=pixel_values[:, t], interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+            )
+            return vision.last_hidden_state, vision
+        layer_norm = self.vision_model.post_layernorm
+        return layer_norm(vision_features[:, t].to(layer_norm.weight.dtype)), None
+
     def get_video_features(
         self,
-        pixel_values: torch.Tensor,
-        qformer_input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool | None = False,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> ReefVideoFeaturesOutput:
         """Read the video online; `pooler_output` [B, Q, D] is the last step's queries through the projection.
 
-        pixel_values: [B, T, 3, H, W]. qformer_input_ids / qformer_attention_mask: [B, L], the instruction.
+        pixel_values: [B, T, 3, H, W], or instead vision_features: [B, T, 1+P, C], the frozen vision encoder's output
+        per frame before `post_layernorm` (`hidden_states[-1]` of `vision_model`; pre-extracted, see
+        `videoadapt.recipes.training.Method.feature_encoder`): `post_layernorm` (trained by REEF's recipes) is
+        applied here. qformer_input_ids / qformer_attention_mask: [B, L], the instruction.
         """
-        if pixel_values.ndim != 5:
-            raise ValueError(
-                f"`pixel_values` must be [B, T, 3, H, W] (a batch of videos), got {tuple(pixel_values.shape)}."
-            )
-        batch, frames = pixel_values.shape[:2]
+        batch, frames = self._check_frame_inputs(pixel_values, vision_features)
         if not 1 <= frames <= self.config.max_num_frames:
             raise ValueError(
                 f"REEF needs between 1 and `max_num_frames` = {self.config.max_num_frames} frames per video, got "
                 f"{frames}; sample fewer frames or raise `max_num_frames` (the temporal position embedding's size)."
             )
-        config, device = self.config, pixel_values.device
+        if qformer_input_ids is None:
+            raise ValueError("REEF's Q-Former reads the instruction: pass `qformer_input_ids` (the processor's).")
+        config = self.config
+        device = (pixel_values if vision_features is None else vision_features).device
         queries = self.query_tokens.expand(batch, -1, -1)
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
@@ -289,10 +330,8 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForCondi
         selected = spatial = merges = None
         for t in range(frames):
             step = None if query_memory is None else query_memory.step()
-            vision = self.vision_model(
-                pixel_values=pixel_values[:, t], interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-            )
-            frame = self.frame_position_embedding(vision.last_hidden_state, t)  # [B, 1+P, C]
+            tokens, vision = self._frame_tokens(pixel_values, vision_features, t, interpolate_pos_encoding, **kwargs)
+            frame = self.frame_position_embedding(tokens, t)  # [B, 1+P, C]
             kept, kept_relevance, frame_relevance, indices = self.spatial_filter(frame)  # kept [B, K, C]
             if spatial is None:
                 spatial = frame_relevance.new_empty(batch, frames, frame_relevance.shape[1])
@@ -321,7 +360,7 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForCondi
                 selected[:, t] = indices
         query_output = qformer_outputs.last_hidden_state[:, : queries.shape[1]]
         return ReefVideoFeaturesOutput(
-            last_hidden_state=vision.last_hidden_state,
+            last_hidden_state=tokens,
             pooler_output=self.language_projection(query_output),
             vision_outputs=vision,
             qformer_outputs=qformer_outputs,
@@ -330,27 +369,76 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForCondi
             merged_slots=merges,
         )
 
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        qformer_input_ids: torch.LongTensor | None = None,
+        qformer_attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict | None = None,
+        vision_features: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """InstructBLIP-Video's `forward`, with `vision_features` [B, T, 1+P, C] (see `get_video_features`) as an
+        alternative to `pixel_values`: the frozen vision encoder is then skipped."""
+        if vision_features is not None:
+            video = self.get_video_features(
+                pixel_values, qformer_input_ids, qformer_attention_mask, vision_features=vision_features, **kwargs
+            )
+            mm_encoder_outputs = {**(mm_encoder_outputs or {}), "video": video}
+        return super().forward(
+            pixel_values=None if vision_features is not None else pixel_values, qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask, input_ids=input_ids, attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+            inputs_embeds=inputs_embeds, labels=labels, interpolate_pos_encoding=interpolate_pos_encoding,
+            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs, **kwargs,
+        )  # fmt: skip
+
     @torch.no_grad()
     def generate(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.LongTensor | None = None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        vision_features: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """InstructBLIP-Video's `generate`; without a prompt, the input is the Q video tokens and BOS."""
+        """InstructBLIP-Video's `generate` from `pixel_values` or `vision_features`; without a prompt, the input is the
+        Q video tokens and BOS."""
+        if hasattr(self, "hf_device_map"):
+            self._preprocess_accelerate()
+        video = self.get_video_features(
+            pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
+            vision_features=vision_features,
+        ).pooler_output  # fmt: skip
         if input_ids is None and inputs_embeds is None:
             start = [self.config.video_token_index] * self.config.num_query_tokens + [
                 self.config.text_config.bos_token_id
             ]
-            input_ids = torch.tensor([start], dtype=torch.long, device=pixel_values.device).repeat(
-                len(pixel_values), 1
-            )
-        return super().generate(
-            pixel_values, qformer_input_ids, qformer_attention_mask, input_ids, attention_mask, inputs_embeds,
-            interpolate_pos_encoding, **generate_kwargs,
-        )  # fmt: skip
+            input_ids = torch.tensor([start], dtype=torch.long, device=video.device).repeat(len(video), 1)
+        return self._generate_from_video_tokens(video, input_ids, attention_mask, inputs_embeds, **generate_kwargs)
+
+    def _generate_from_video_tokens(self, video_tokens, input_ids, attention_mask, inputs_embeds, **generate_kwargs):
+        """InstructBLIP-Video's generation from video tokens [B, N, D]: scattered into the `video_token_index`
+        positions of the prompt's embeddings, then the language model's `generate`."""
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        video_tokens = video_tokens.to(inputs_embeds.device, inputs_embeds.dtype)
+        inputs_embeds = inputs_embeds.masked_scatter(self.get_placeholder_mask(input_ids, inputs_embeds), video_tokens)
+        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        if not self.language_model.config.is_encoder_decoder:
+            inputs["input_ids"] = input_ids
+        return self.language_model.generate(**inputs, **generate_kwargs)

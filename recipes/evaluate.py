@@ -9,6 +9,9 @@ path; the method is its folder's name unless `--method` says otherwise; `--stage
 (REEF: main, DynFocus: stage2). `key=value` pairs (values parsed as YAML) are:
 - `model` (required): the trained model folder (`<output_dir>/model` of `videoadapt.recipes.train`), which holds the
   processor; `eval` (required): the JSONL manifest; `output_dir` (required): where the result files go;
+- `features` (instead of `eval`): a folder written by `videoadapt extract` (a saved DatasetDict gives its `split`)
+  whose rows carry pre-extracted features in the column `features_column` (default frame_features): REEF, DynFocus
+  and Compact then read the frozen tower's `vision_features` and decode no video; PAVE reads its side channel there;
 - `split` (default test), `batch_size` (rows per `generate` call, default 8), `device` (default cuda if available),
   `dtype` (float32 | bfloat16 | float16, default float32), `variant` (DynFocus), `progress` (default true);
 - `metrics`: comma-separated names among accuracy, em1, bleu, cider, rouge_l, meteor. Default by task: qa and
@@ -29,7 +32,6 @@ Shape legend: B rows per batch, k sequences returned per row, L prompt tokens, G
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -56,7 +58,7 @@ from videoadapt.metrics import (
 from videoadapt.processors.atomic import atomic_write
 from videoadapt.recipes.manifest import load_manifest
 from videoadapt.recipes.train import dataset_names, split_override
-from videoadapt.recipes.training import METHODS, Method, SFTCollator, method_of
+from videoadapt.recipes.training import FEATURES_COLUMN, METHODS, Method, SFTCollator, load_feature_rows, method_of
 
 
 __all__ = [
@@ -104,10 +106,12 @@ class EvalOptions:
     variant: str | None = None
     progress: bool = True
     card: bool = False
+    features: str | None = None
+    features_column: str = FEATURES_COLUMN
 
 
 _RUN_FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
-_PATH_FIELDS = ("model", "eval", "output_dir", "device")
+_PATH_FIELDS = ("model", "eval", "output_dir", "device", "features")
 _GENERATION_SHORTCUTS = ("num_beams", "max_new_tokens")
 
 
@@ -231,10 +235,17 @@ def parse_eval_overrides(items: Sequence[str]) -> tuple[EvalOptions, dict, dict]
 
 
 def _check_options(options: EvalOptions) -> None:
-    missing = [name for name in ("model", "eval", "output_dir") if getattr(options, name) is None]
+    if options.eval is not None and options.features is not None:
+        raise ValueError(
+            "pass one of `eval=<manifest.jsonl>` (decode the videos) and `features=<folder>` (rows with extracted "
+            f"features), got both: eval={options.eval!r}, features={options.features!r}."
+        )
+    rows = "eval" if options.features is None else "features"
+    missing = [name for name in ("model", rows, "output_dir") if getattr(options, name) is None]
     if missing:
         raise ValueError(
-            f"pass {', '.join(f'`{m}=...`' for m in missing)}: the model folder, manifest, output folder."
+            f"pass {', '.join(f'`{m}=...`' for m in missing)}: the model folder, manifest (or `features=` folder), "
+            "output folder."
         )
     if not Path(options.model).is_dir():
         raise ValueError(
@@ -377,7 +388,11 @@ def evaluate(
     recipe = _load_recipe(spec, recipe_name, options.variant)
     _check_options(options)
     generation = _generation_settings(recipe, dict(generation or {}))
-    rows = load_manifest(options.eval, split=options.split)
+    if options.features is None:
+        rows, features = load_manifest(options.eval, split=options.split), None
+    else:
+        rows = load_feature_rows(options.features, options.split, options.features_column)
+        features = options.features_column
     task = _task_of(recipe, rows)
     if options.metrics is None and task is None:
         raise ValueError(f"the {options.split} rows mix tasks {sorted(set(rows['task']))} and the recipe names none; "
@@ -389,10 +404,10 @@ def evaluate(
     model, processor = spec.build(recipe, stage, options.model, config, {})
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device, DTYPES[options.dtype]).eval()
-    prompt = functools.partial(spec.prompt, recipe, processor)
-    collator = SFTCollator(processor, prompt, train=False, extra=spec.processor_extra(recipe))
+    collator = spec.collator(recipe, processor, train=False, features=features)
     set_seed(int(getattr(recipe, "seed", 0)))  # decoding is deterministic; this pins any sampling a user asks for
-    logger.info(f"Evaluating {options.model} on {len(rows)} {options.split} rows of {options.eval} ({spec.name}).")
+    source = options.eval or options.features
+    logger.info(f"Evaluating {options.model} on {len(rows)} {options.split} rows of {source} ({spec.name}).")
     records = generate_predictions(model, collator, rows, generation, options.batch_size, options.progress)
     scores, skipped = compute_metrics(records, metrics)
     output_dir = Path(options.output_dir)
@@ -401,7 +416,7 @@ def evaluate(
     summary = {
         "scores": scores, "skipped": skipped, "num_examples": len(records), "split": options.split, "task": task,
         "metrics": list(metrics), "recipe": os.fspath(recipe_name), "method": spec.name, "stage": stage,
-        "model": os.path.abspath(options.model), "manifest": os.path.abspath(options.eval), "generation": generation,
+        "model": os.path.abspath(options.model), "manifest": os.path.abspath(source), "generation": generation,
     }  # fmt: skip
     _write_json(output_dir / SCORES_NAME, summary)
     if options.card:
@@ -412,7 +427,7 @@ def evaluate(
 
 def _add_to_card(model: Any, options: EvalOptions, rows: Any, scores: Mapping[str, float]) -> None:
     """Record `scores` in the card of the model folder as eval results of the evaluated rows' dataset(s)."""
-    dataset = "+".join(dataset_names(rows, options.eval))
+    dataset = "+".join(dataset_names(rows, options.eval or options.features))
     recorded = read_card_info(options.model, model.config.model_type).get("metrics") or {}
     model.card_info = {"metrics": {**recorded, dataset: {**scores, "split": options.split}}}
     path = model.save_card(options.model)
@@ -438,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", default=None, help="recipe stage (default: the method's last: REEF main, DynFocus "
                         "stage2)")  # fmt: skip
     parser.add_argument("--method", default=None, choices=sorted(METHODS), help="default: the recipe's folder")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="model=, eval=, output_dir= (required), "
-                        "split=, batch_size=, metrics=, num_beams=, max_new_tokens=, card=, generation.*, "
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="model=, eval= (or features=), "
+                        "output_dir= (required), split=, batch_size=, metrics=, num_beams=, max_new_tokens=, card=, generation.*, "
                         "config.*")  # fmt: skip
     return parser
 

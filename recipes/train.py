@@ -8,6 +8,10 @@
 is its folder's name unless `--method` says otherwise. `key=value` pairs (values parsed as YAML) are:
 - run keys: `model` (checkpoint to start from; default the recipe's base checkpoint), `train` / `eval` (JSONL
   manifests; `eval` turns on evaluation loss), `output_dir`, `variant` (DynFocus freezing variants),
+  `features` / `eval_features` (instead of `train` / `eval`: folders written by `videoadapt extract`, whose rows
+  carry pre-extracted features in the column `features_column`, default frame_features; a saved DatasetDict gives
+  its train / validation split. REEF, DynFocus, Compact: the frozen tower's `vision_features`, no video is decoded,
+  and a stage that trains the tower is refused; PAVE: the side channel, instead of the `side_channels` files),
   `max_per_device_batch_size` (the global batch stays the recipe's: gradient accumulation makes up the rest), `resume`
   (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path);
 - `config.<field>`: model config overrides (e.g. `config.num_selected_tokens=4`);
@@ -35,7 +39,14 @@ from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
 from videoadapt.recipes.manifest import load_manifest
-from videoadapt.recipes.training import METHODS, STAGING_PREFIX, SFTCollator, VideoadaptTrainer, method_of
+from videoadapt.recipes.training import (
+    FEATURES_COLUMN,
+    METHODS,
+    STAGING_PREFIX,
+    VideoadaptTrainer,
+    load_feature_rows,
+    method_of,
+)
 
 
 __all__ = [
@@ -65,9 +76,13 @@ class RunOptions:
     variant: str | None = None
     max_per_device_batch_size: int | None = None
     resume: bool | str = False
+    features: str | None = None
+    eval_features: str | None = None
+    features_column: str = FEATURES_COLUMN
 
 
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
+_PATH_FIELDS = ("train", "eval", "output_dir", "model", "features", "eval_features")
 
 
 def parse_value(raw: str) -> Any:
@@ -105,7 +120,7 @@ def parse_overrides(items: Sequence[str]) -> tuple[RunOptions, dict, dict, dict]
         elif dot and head == "processor":
             processor[tail] = value
         elif key in _RUN_FIELDS:
-            run[key] = str(value) if key in ("train", "eval", "output_dir", "model") and value is not None else value
+            run[key] = str(value) if key in _PATH_FIELDS and value is not None else value
         elif key in _TRAINING_FIELDS:
             training[key] = value
         else:
@@ -155,6 +170,36 @@ def _clean_staging(output_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _check_sources(options: RunOptions) -> None:
+    """Rows come from manifests (videos) or from extracted-features folders, for training and evaluation alike."""
+    if options.train is not None and options.features is not None:
+        raise ValueError(
+            "pass one of `train=<manifest.jsonl>` (decode the videos) and `features=<folder>` (rows with extracted "
+            f"features), got both: train={options.train!r}, features={options.features!r}."
+        )
+    if options.features is None and options.eval_features is not None:
+        raise ValueError("`eval_features=` evaluates from extracted features; pass `features=` for training too.")
+    if options.features is not None and options.eval is not None:
+        raise ValueError(
+            f"`eval={options.eval}` rows would need their videos decoded while the batches read features; pass "
+            "`eval_features=<folder>` (the evaluation rows extracted like the training rows) instead."
+        )
+    if (options.train is None and options.features is None) or options.output_dir is None:
+        raise ValueError("pass `train=<manifest.jsonl>` (or `features=<folder>`) and `output_dir=<folder>`.")
+
+
+def _rows(options: RunOptions) -> tuple[Any, Any]:
+    """(training rows, evaluation rows or None) of the manifests or the extracted-features folders."""
+    if options.features is None:
+        evaluation = None if options.eval is None else load_manifest(options.eval, split="validation")
+        return load_manifest(options.train, split="train"), evaluation
+    column = options.features_column
+    evaluation = None
+    if options.eval_features is not None:
+        evaluation = load_feature_rows(options.eval_features, "validation", column)
+    return load_feature_rows(options.features, "train", column), evaluation
+
+
 def train(
     recipe_name: str | os.PathLike,
     options: RunOptions,
@@ -173,20 +218,23 @@ def train(
         name = Path(name).name
         recipe_file = f"{spec.name}/{name}.yaml"
     recipe = spec.load_recipe(name, options.variant) if spec.name == "dynfocus" else spec.load_recipe(name)
-    if options.train is None or options.output_dir is None:
-        raise ValueError("pass `train=<manifest.jsonl>` and `output_dir=<folder>`.")
+    _check_sources(options)
+    features = None if options.features is None else options.features_column
     output_dir = Path(options.output_dir)
     checkpoint = options.model or recipe.base_checkpoint
     set_seed(int((training or {}).get("seed", recipe.seed)))  # new modules start the same in every process and run
     model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {})
     trained = spec.apply_freezing(recipe, model, stage)
-    train_rows = load_manifest(options.train, split="train")
-    model.card_info = _card_info(spec, recipe, recipe_file, stage, options.train, train_rows)
+    if features is not None and spec.frame_features is not None:
+        spec.check_features_training(model, trained, f"the {spec.name} recipe {recipe.name!r} (stage {stage})")
+    train_rows, eval_rows = _rows(options)
+    source = options.train or options.features
+    model.card_info = _card_info(spec, recipe, recipe_file, stage, source, train_rows)
     logger.info(f"{spec.name} recipe {recipe.name!r}, stage {stage}: training {len(trained)} parameter tensors.")
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     overrides = _device_defaults(bool(getattr(recipe, "bf16", False)), dict(training or {}))
-    if options.eval is not None:
+    if eval_rows is not None:
         overrides.setdefault("eval_strategy", "epoch")
     args = spec.training_arguments(
         recipe, stage, os.fspath(output_dir), world_size,
@@ -194,13 +242,12 @@ def train(
     )  # fmt: skip
     if args.should_save:
         _clean_staging(output_dir)
-    collator = SFTCollator(proc, lambda row: spec.prompt(recipe, proc, row), True, spec.processor_extra(recipe))
     trainer = VideoadaptTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
-        eval_dataset=None if options.eval is None else load_manifest(options.eval, split="validation"),
-        data_collator=collator,
+        eval_dataset=eval_rows,
+        data_collator=spec.collator(recipe, proc, True, features),
         callbacks=spec.callbacks(recipe, stage),
     )
     trainer.train(resume_from_checkpoint=options.resume or None)

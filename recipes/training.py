@@ -7,9 +7,15 @@ method's own processor, so the video token counts are always the processor's. `V
 checkpoint atomically (into a staging folder, then renamed), so a run killed mid-write never leaves a
 `checkpoint-N` that a resume would load.
 
-Shape legend: B rows per batch, L prompt + answer tokens.
+Features mode (REEF, DynFocus, Compact): `Method.feature_encoder(model, processor)` extracts, with the processor's
+frame sampler and preprocessing, exactly the frozen-tower features the model reads as `vision_features`;
+`SFTCollator(..., features="frame_features")` then feeds them instead of decoding videos, and `load_feature_rows`
+reads rows saved by `videoadapt extract`. For PAVE the same column carries a `SideChannelEncoder`'s side channel.
+
+Shape legend: B rows per batch, L prompt + answer tokens, T frames, (L_v, C) or (g, g, D) one frame's features.
 """
 
+import functools
 import importlib
 import os
 import shutil
@@ -18,23 +24,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import AutoImageProcessor, AutoTokenizer, Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from videoadapt.pave_hub import pave_class_for
-from videoadapt.processors.sampling import SegmentSampler
+from videoadapt.processors.image_processing import FramePreprocessor
+from videoadapt.processors.sampling import FrameSampler, SegmentSampler
+from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.video_io import load_video
+from videoadapt.recipes.extract import FrameFeatureEncoder, weights_sha256
 
 
-__all__ = ["IGNORE_INDEX", "METHODS", "Method", "SFTCollator", "VideoadaptTrainer", "method_of"]
+__all__ = [
+    "FEATURES_COLUMN",
+    "IGNORE_INDEX",
+    "METHODS",
+    "FrameFeatures",
+    "Method",
+    "MethodFrameEncoder",
+    "SFTCollator",
+    "VideoadaptTrainer",
+    "load_feature_rows",
+    "method_of",
+]
 
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 STAGING_PREFIX = ".staging-"
+FEATURES_COLUMN = "frame_features"  # `extract_features`' default output column
+
+
+def _row_name(row: Mapping[str, Any]) -> str:
+    return f"row {row.get('id')!r}"
+
+
+def _float_tensor(value: Any) -> torch.Tensor:
+    """An Arrow value (numpy array, tensor or nested lists) -> float32 tensor."""
+    return torch.as_tensor(np.asarray(value, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------------------------- the collator
@@ -47,11 +79,17 @@ class SFTCollator:
     the padding. Evaluation: left-padded prompts (for `generate`) and `references` (every row's answers), which the
     caller pops. Rows with `timestamps` are decoded on their segment only (the processor's sampler on [start, end)).
 
+    Features mode (`features` names a column): no video is decoded. Each row's `<features>` [T, ...] (with
+    `<features>_length` = T) is stacked into `vision_features` [B, T, ...], and the text holds the processor's
+    `video_token_count(T)` video tokens where the processor puts them (at the `<video>` placeholder, or in front of
+    the prompt for REEF), so the batch equals the video batch with `vision_features` for the pixels.
+
     Args:
         processor: the method's processor (its `__call__(text, videos=...)` expands the video tokens).
         prompt: row -> the text for the processor (the method's prompt format).
         extra: rows -> more processor arguments for the batch (PAVE: the side-channel features).
         train: training batches (labels) or evaluation batches (prompts + references).
+        features: the rows' column of pre-extracted frame features (`Method.feature_encoder`), or None (videos).
     """
 
     def __init__(
@@ -60,11 +98,14 @@ class SFTCollator:
         prompt: Callable[[Mapping[str, Any]], str],
         train: bool = True,
         extra: Callable[[Sequence[Mapping[str, Any]]], dict] | None = None,
+        features: str | None = None,
     ):  # extra: rows -> more processor arguments (PAVE's side channels)
         self.processor, self.prompt, self.train, self.extra = processor, prompt, train, extra
-        self.tokenizer = processor.tokenizer
+        self.tokenizer, self.features = processor.tokenizer, features
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set `tokenizer.pad_token` before training.")
+        if features is not None and not callable(getattr(processor, "video_token_count", None)):
+            raise ValueError(f"`features` needs a processor with `video_token_count`, got {type(processor).__name__}.")
 
     def _video(self, row: Mapping[str, Any]) -> Any:
         path = row.get("video")
@@ -80,11 +121,63 @@ class SFTCollator:
         ids = self.tokenizer(" " + row["answers"][0].strip(), add_special_tokens=False).input_ids
         return ids + [self.tokenizer.eos_token_id]
 
+    def _vision_features(self, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """The rows' `<features>` column stacked: [B, T, ...]."""
+        column, stacked = self.features, []
+        for row in rows:
+            if row.get(column) is None:
+                raise ValueError(
+                    f"{_row_name(row)} has no `{column}` column: training or evaluating from features needs every "
+                    "row's pre-extracted frame features (`videoadapt extract`, or `extract_features` with the "
+                    "method's `feature_encoder`); extract them for these rows, or read videos (drop `features=`)."
+                )
+            value = _float_tensor(row[column])
+            length = row.get(f"{column}_length")
+            if value.ndim < 2 or (length is not None and int(length) != value.shape[0]):
+                raise ValueError(
+                    f"{_row_name(row)}: `{column}` must be [T, ...] frame features with T = `{column}_length` = "
+                    f"{length}, got shape {tuple(value.shape)}; extract the row again."
+                )
+            stacked.append(value)
+        counts = sorted({len(value) for value in stacked})
+        if len(counts) > 1:
+            raise ValueError(f"videos in one batch need the same frame count, got {counts} frames in `{column}`.")
+        return torch.stack(stacked)
+
+    def _feature_inputs(self, rows: Sequence[Mapping[str, Any]], texts: list[str], extra: dict) -> tuple:
+        """Features mode: (batch without input_ids, the prompts' token ids), text built as the processor builds it
+        for T-frame videos (`video_token_count(T)` tokens at the `<video>` placeholder or, REEF, before the text)."""
+        features = self._vision_features(rows)
+        token, count = self.tokenizer.video_token, self.processor.video_token_count(features.shape[1])
+        placed = [text.count(token) for text in texts]
+        if all(n == 0 for n in placed):  # REEF: the processor prepends the video tokens to its own text
+            batch = dict(self.processor(texts, **extra))
+            ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
+            prefix = [self.tokenizer.convert_tokens_to_ids(token)] * count
+            prompts = [prefix + row_ids[row_mask.bool()].tolist() for row_ids, row_mask in zip(ids, mask)]
+        elif all(n == 1 for n in placed):  # DynFocus, Compact: each text's placeholder expands to the video tokens
+            prompts = self.tokenizer([text.replace(token, token * count) for text in texts]).input_ids
+            batch = dict(extra)
+            qformer = getattr(self.processor, "qformer_tokenizer", None)
+            if qformer is not None:  # DynFocus: the Q-Former reads the question, the text without the placeholder
+                questions = qformer(
+                    [text.replace(token, "").strip() for text in texts], padding=True, return_tensors="pt"
+                )
+                batch.update(qformer_input_ids=questions.input_ids, qformer_attention_mask=questions.attention_mask)
+        else:
+            raise ValueError(f"each text needs exactly one {token!r} or none (REEF), got counts {placed}.")
+        return {**batch, "vision_features": features}, prompts
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows = list(rows)
         extra = self.extra(rows) if self.extra else {}
-        batch = dict(self.processor([self.prompt(r) for r in rows], videos=[self._video(r) for r in rows], **extra))
-        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.pop("input_ids"), batch.pop("attention_mask"))]
+        texts = [self.prompt(r) for r in rows]
+        if self.features is not None:
+            batch, prompts = self._feature_inputs(rows, texts, extra)
+        else:
+            batch = dict(self.processor(texts, videos=[self._video(r) for r in rows], **extra))
+            pairs = zip(batch.pop("input_ids"), batch.pop("attention_mask"))
+            prompts = [ids[mask.bool()].tolist() for ids, mask in pairs]
         pad = self.tokenizer.pad_token_id
         if self.train:
             answers = [self._answer_ids(r) for r in rows]
@@ -141,9 +234,75 @@ def _load_or_build_processor(processor_class: type, model: Any, checkpoint: Path
     return processor_class.from_model(model, *tokenizers, image_processor=_image_processor(checkpoint), **kwargs)
 
 
+# --------------------------------------------------------------------------------------------- frame features
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """What a method's `vision_features` are: the output of a frozen part of its model, computed per frame.
+
+    tower: the module the features replace (`vision_model`, `model.vision_tower`); it must stay frozen.
+    applied: modules inside `tower` that the model still applies to the features (trainable: REEF's recipes train
+        `vision_model.post_layernorm`, so the features are taken before it).
+    video_method: "<module>.<method>" run on a whole clip [1, T, 3, H, W] (Compact: the compressor's inputs);
+        None: `tower`'s last hidden state before its final layer norm (`hidden_states[-1]`).
+    """
+
+    tower: str
+    applied: tuple[str, ...] = ()
+    video_method: str | None = None
+
+
+class MethodFrameEncoder(FrameFeatureEncoder):
+    """`FrameFeatureEncoder` that samples a row's segment (`timestamps` [start, end)) as `SFTCollator` decodes it,
+    and keys its cache on the weights of `fingerprint` (the frozen tower) rather than of the whole `model`."""
+
+    def __init__(self, model: torch.nn.Module, *args: Any, fingerprint: torch.nn.Module, **kwargs: Any):
+        super().__init__(model, *args, **kwargs)
+        self.fingerprint = fingerprint
+
+    def config_dict(self) -> dict[str, Any]:
+        self._weights = self._weights or weights_sha256(self.fingerprint)
+        return {**super().config_dict(), "segments": "row timestamps"}
+
+    def __call__(self, value: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        sampler = self.sampler
+        if row.get("timestamps"):
+            start, end = row["timestamps"]
+            sampler = SegmentSampler(self.sampler, float(start), float(end))
+        frames, meta = load_video(value, sampler)  # [T, H, W, 3] uint8
+        return {"features": self.encode(self.preprocessor(frames)), "timestamps": meta.timestamps}
+
+
+def load_feature_rows(path: str | os.PathLike, split: str, column: str = FEATURES_COLUMN) -> Dataset:
+    """Rows saved by `videoadapt extract` (`save_to_disk`): the Dataset, or a DatasetDict's `split`, with `column`
+    read as numpy arrays (the other columns as saved)."""
+    if not Path(path).is_dir():
+        raise ValueError(
+            f"features must be a folder written by `videoadapt extract --output` (or `Dataset.save_to_disk`), got "
+            f"{os.fspath(path)!r}."
+        )
+    rows = load_from_disk(os.fspath(path))
+    if isinstance(rows, DatasetDict):
+        if split not in rows:
+            raise ValueError(f"{os.fspath(path)} holds the splits {sorted(rows)}, not {split!r}; extract that split.")
+        rows = rows[split]
+    missing = [name for name in (column, f"{column}_length") if name not in rows.column_names]
+    if missing:
+        raise ValueError(
+            f"the rows of {os.fspath(path)} have no column(s) {missing} (columns: {rows.column_names}); extract the "
+            "features (`videoadapt extract`, `extract_features`) or name their column with `features_column=`."
+        )
+    return rows.with_format("numpy", columns=[column], output_all_columns=True)
+
+
+# --------------------------------------------------------------------------------------------- the methods
+
+
 @dataclass(frozen=True)
 class Method:
-    """One method's recipe and model plumbing. `stages`: the recipe's stage names (None: one stage per file)."""
+    """One method's recipe and model plumbing. `stages`: the recipe's stage names (None: one stage per file);
+    `frame_features`: what its `vision_features` are (None: the method cannot skip its vision tower)."""
 
     name: str
     stages: tuple[str, ...] | None
@@ -152,6 +311,7 @@ class Method:
     processor_class: Callable[[], type]
     qformer: bool  # the processor takes a Q-Former tokenizer too
     video_in_text: bool  # the prompt holds the `<video>` placeholder (otherwise the processor prepends the tokens)
+    frame_features: FrameFeatures | None = None
 
     def _stage_args(self, stage: str | None) -> tuple:
         return () if self.stages is None else (stage,)
@@ -181,6 +341,54 @@ class Method:
         kwargs = {**self.processor_kwargs(recipe, stage), **processor}
         return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, self.qformer)
 
+    def load_processor(self, model: Any, checkpoint: str | os.PathLike, **kwargs: Any) -> Any:
+        """The processor saved with `checkpoint`, else one built for `model` from the checkpoint's tokenizer(s)."""
+        return _load_or_build_processor(self.processor_class(), model, Path(checkpoint), kwargs, self.qformer)
+
+    def _features_spec(self) -> FrameFeatures:
+        if self.frame_features is None:
+            raise ValueError(
+                f"{self.name} reads its frames through the base model's vision tower at every step; its pre-extracted "
+                "inputs are the side channels (`SideChannelEncoder`, named by `features=` rows' column). Frame "
+                "features serve reef, dynfocus and compact."
+            )
+        return self.frame_features
+
+    def feature_encoder(
+        self, model: Any, processor: Any, sampler: FrameSampler | None = None, batch_size: int = 32
+    ) -> MethodFrameEncoder:
+        """An encoder for `extract_features` giving, per row, the `vision_features` [T, ...] that `model` computes from
+        the frames `processor` samples (its frame sampler, or `sampler`; a row's `timestamps` segment) and
+        preprocesses. Use the model the features will train or evaluate (its frozen tower)."""
+        spec = self._features_spec()
+        tower = model.get_submodule(spec.tower)
+        frames = FramePreprocessor.from_dict(processor.frame_preprocessor)
+        sampler = processor.frame_sampler if sampler is None else sampler
+        if spec.video_method is None:  # the tower's last hidden state, before its final layer norm
+            return MethodFrameEncoder(tower, frames, sampler, feature_layer=-1, batch_size=batch_size,
+                                      fingerprint=tower)  # fmt: skip
+        owner, _, method = spec.video_method.rpartition(".")
+        return MethodFrameEncoder(model.get_submodule(owner), frames, sampler, video_method=method, fingerprint=tower)
+
+    def check_features_training(self, model: Any, trained: Sequence[str], where: str) -> None:
+        """Features mode skips the frozen tower: refuse a stage that trains any of it (but `applied` modules)."""
+        spec = self._features_spec()
+        inside = [n for n in trained if n.startswith(f"{spec.tower}.")]
+        skipped = [n for n in inside if not any(n.startswith(f"{module}.") for module in spec.applied)]
+        if skipped:
+            raise ValueError(
+                f"features mode skips `{spec.tower}` (the features are its output), but {where} trains "
+                f"{len(skipped)} of its parameters ({', '.join(skipped[:3])}, ...); train this stage from videos "
+                "(`train=` manifest), or freeze them in the recipe."
+            )
+
+    def collator(self, recipe: Any, processor: Any, train: bool, features: str | None = None) -> SFTCollator:
+        """The batches of this method; `features`: the rows' column of pre-extracted frame features (features mode)."""
+        if features is not None:
+            self._features_spec()
+        prompt = functools.partial(self.prompt, recipe, processor)
+        return SFTCollator(processor, prompt, train, self.processor_extra(recipe), features=features)
+
     def training_arguments(self, recipe: Any, stage: str | None, output_dir: str, world_size: int, **kw) -> Any:
         return recipe.training_arguments(*self._stage_args(stage), output_dir, world_size, **kw)
 
@@ -190,7 +398,9 @@ class Method:
     def apply_freezing(self, recipe: Any, model: Any, stage: str | None) -> list[str]:
         return recipe.apply_freezing(model, *self._stage_args(stage))
 
-    def processor_extra(self, recipe: Any) -> Callable[[Sequence[Mapping[str, Any]]], dict] | None:
+    def processor_extra(
+        self, recipe: Any, features: str | None = None
+    ) -> Callable[[Sequence[Mapping[str, Any]]], dict] | None:
         """rows -> more processor arguments (None: the video and the text are all the processor needs)."""
         return None
 
@@ -229,8 +439,19 @@ class PaveMethod(Method):
     def apply_freezing(self, recipe: Any, model: Any, stage: str | None) -> list[str]:
         return recipe.apply_freezing(model)
 
-    def processor_extra(self, recipe: Any) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
+    def collator(self, recipe: Any, processor: Any, train: bool, features: str | None = None) -> SFTCollator:
+        """PAVE decodes the video in both modes; `features` names the rows' side-channel column instead of files."""
+        prompt = functools.partial(self.prompt, recipe, processor)
+        return SFTCollator(processor, prompt, train, self.processor_extra(recipe, features))
+
+    def processor_extra(
+        self, recipe: Any, features: str | None = None
+    ) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
+        """rows -> the recipe's side channel: the row's `side_channels` file, or with `features` the row's Arrow
+        columns `<features>`, `<features>_timestamps` (+ `_positions`) of `extract_features(..., SideChannelEncoder)`."""
         kind, name = recipe.side_channel.kind, recipe.name
+        if features is not None:
+            return functools.partial(_side_channels_from_columns, column=features, kind=kind, name=name)
 
         def side_channels(rows: Sequence[Mapping[str, Any]]) -> dict:
             features = []
@@ -270,6 +491,26 @@ class PaveMethod(Method):
         )
 
 
+def _side_channels_from_columns(rows: Sequence[Mapping[str, Any]], column: str, kind: str, name: str) -> dict:
+    """PAVE's processor argument from the rows' extracted columns: {"side_channels": [{name: SideChannelFeatures}]}."""
+    features = []
+    for row in rows:
+        missing = [c for c in (column, f"{column}_timestamps") if row.get(c) is None]
+        if missing:
+            raise ValueError(
+                f"{_row_name(row)} has no {missing}: PAVE's side channel {name!r} ({kind}) comes from the columns of "
+                "`extract_features(rows, SideChannelEncoder(...), 'video', cache, output_column=...)`; extract them "
+                "or name their column with `features_column=`."
+            )
+        positions = row.get(f"{column}_positions")
+        channel = SideChannelFeatures(
+            kind, _float_tensor(row[column]), torch.as_tensor(np.asarray(row[f"{column}_timestamps"], np.float64)),
+            None if positions is None else _float_tensor(positions),
+        )  # fmt: skip
+        features.append({name: channel})
+    return {"side_channels": features}
+
+
 def _pave_recipe(name: str) -> Any:
     from videoadapt.recipes.pave_recipes import load_recipe
 
@@ -306,11 +547,13 @@ METHODS: dict[str, Method] = {
         "reef", ("initial", "main"), _reef_recipe,
         _class("videoadapt.modeling_reef", "ReefForConditionalGeneration"),
         _class("videoadapt.processors.processing_reef", "ReefProcessor"), qformer=True, video_in_text=False,
+        frame_features=FrameFeatures("vision_model", applied=("vision_model.post_layernorm",)),
     ),
     "dynfocus": Method(
         "dynfocus", ("stage1", "stage2"), _dynfocus_recipe,
         _class("videoadapt.modeling_dynfocus", "DynFocusForConditionalGeneration"),
         _class("videoadapt.processors.processing_dynfocus", "DynFocusProcessor"), qformer=True, video_in_text=True,
+        frame_features=FrameFeatures("vision_model", applied=("vision_model.post_layernorm",)),
     ),
     "pave": PaveMethod(
         "pave", None, _pave_recipe, _class("videoadapt.modeling_pave", "PaveForConditionalGeneration"),
@@ -320,6 +563,7 @@ METHODS: dict[str, Method] = {
         "compact", None, _compact_recipe,
         _class("videoadapt.modeling_compact", "CompactForConditionalGeneration"),
         _class("videoadapt.processors.processing_compact", "CompactProcessor"), qformer=False, video_in_text=True,
+        frame_features=FrameFeatures("model.vision_tower", video_method="model.get_compressor_inputs"),
     ),
 }  # fmt: skip
 
