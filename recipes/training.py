@@ -18,26 +18,29 @@ Shape legend: B rows per batch, L prompt + answer tokens, T frames, (L_v, C) or 
 import functools
 import importlib
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_from_disk
-from transformers import AutoImageProcessor, AutoTokenizer, Trainer
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.utils import logging
 
 from videoadapt.pave_hub import pave_class_for
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FrameSampler, SegmentSampler
-from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.video_io import load_video
-from videoadapt.recipes.extract import FrameFeatureEncoder, weights_sha256
+from videoadapt.recipes.features import (
+    FEATURES_COLUMN,
+    FrameFeatures,
+    MethodFrameEncoder,
+    _float_tensor,
+    _row_name,
+    load_feature_rows,
+    side_channels_from_columns,
+)
+from videoadapt.recipes.trainer import STAGING_PREFIX, VideoadaptTrainer
 
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "Method",
     "MethodFrameEncoder",
     "SFTCollator",
+    "STAGING_PREFIX",
     "VideoadaptTrainer",
     "load_feature_rows",
     "method_of",
@@ -56,17 +60,6 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
-STAGING_PREFIX = ".staging-"
-FEATURES_COLUMN = "frame_features"  # `extract_features`' default output column
-
-
-def _row_name(row: Mapping[str, Any]) -> str:
-    return f"row {row.get('id')!r}"
-
-
-def _float_tensor(value: Any) -> torch.Tensor:
-    """An Arrow value (numpy array, tensor or nested lists) -> float32 tensor."""
-    return torch.as_tensor(np.asarray(value, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------------------------- the collator
@@ -234,68 +227,6 @@ def _load_or_build_processor(processor_class: type, model: Any, checkpoint: Path
     return processor_class.from_model(model, *tokenizers, image_processor=_image_processor(checkpoint), **kwargs)
 
 
-# --------------------------------------------------------------------------------------------- frame features
-
-
-@dataclass(frozen=True)
-class FrameFeatures:
-    """What a method's `vision_features` are: the output of a frozen part of its model, computed per frame.
-
-    tower: the module the features replace (`vision_model`, `model.vision_tower`); it must stay frozen.
-    applied: modules inside `tower` that the model still applies to the features (trainable: REEF's recipes train
-        `vision_model.post_layernorm`, so the features are taken before it).
-    video_method: "<module>.<method>" run on a whole clip [1, T, 3, H, W] (Compact: the compressor's inputs);
-        None: `tower`'s last hidden state before its final layer norm (`hidden_states[-1]`).
-    """
-
-    tower: str
-    applied: tuple[str, ...] = ()
-    video_method: str | None = None
-
-
-class MethodFrameEncoder(FrameFeatureEncoder):
-    """`FrameFeatureEncoder` that samples a row's segment (`timestamps` [start, end)) as `SFTCollator` decodes it,
-    and keys its cache on the weights of `fingerprint` (the frozen tower) rather than of the whole `model`."""
-
-    def __init__(self, model: torch.nn.Module, *args: Any, fingerprint: torch.nn.Module, **kwargs: Any):
-        super().__init__(model, *args, **kwargs)
-        self.fingerprint = fingerprint
-
-    def config_dict(self) -> dict[str, Any]:
-        self._weights = self._weights or weights_sha256(self.fingerprint)
-        return {**super().config_dict(), "segments": "row timestamps"}
-
-    def __call__(self, value: str, row: Mapping[str, Any]) -> dict[str, Any]:
-        sampler = self.sampler
-        if row.get("timestamps"):
-            start, end = row["timestamps"]
-            sampler = SegmentSampler(self.sampler, float(start), float(end))
-        frames, meta = load_video(value, sampler)  # [T, H, W, 3] uint8
-        return {"features": self.encode(self.preprocessor(frames)), "timestamps": meta.timestamps}
-
-
-def load_feature_rows(path: str | os.PathLike, split: str, column: str = FEATURES_COLUMN) -> Dataset:
-    """Rows saved by `videoadapt extract` (`save_to_disk`): the Dataset, or a DatasetDict's `split`, with `column`
-    read as numpy arrays (the other columns as saved)."""
-    if not Path(path).is_dir():
-        raise ValueError(
-            f"features must be a folder written by `videoadapt extract --output` (or `Dataset.save_to_disk`), got "
-            f"{os.fspath(path)!r}."
-        )
-    rows = load_from_disk(os.fspath(path))
-    if isinstance(rows, DatasetDict):
-        if split not in rows:
-            raise ValueError(f"{os.fspath(path)} holds the splits {sorted(rows)}, not {split!r}; extract that split.")
-        rows = rows[split]
-    missing = [name for name in (column, f"{column}_length") if name not in rows.column_names]
-    if missing:
-        raise ValueError(
-            f"the rows of {os.fspath(path)} have no column(s) {missing} (columns: {rows.column_names}); extract the "
-            "features (`videoadapt extract`, `extract_features`) or name their column with `features_column=`."
-        )
-    return rows.with_format("numpy", columns=[column], output_all_columns=True)
-
-
 # --------------------------------------------------------------------------------------------- the methods
 
 
@@ -451,7 +382,7 @@ class PaveMethod(Method):
         columns `<features>`, `<features>_timestamps` (+ `_positions`) of `extract_features(..., SideChannelEncoder)`."""
         kind, name = recipe.side_channel.kind, recipe.name
         if features is not None:
-            return functools.partial(_side_channels_from_columns, column=features, kind=kind, name=name)
+            return functools.partial(side_channels_from_columns, column=features, kind=kind, name=name)
 
         def side_channels(rows: Sequence[Mapping[str, Any]]) -> dict:
             features = []
@@ -489,26 +420,6 @@ class PaveMethod(Method):
         return processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).rstrip(
             " "
         )
-
-
-def _side_channels_from_columns(rows: Sequence[Mapping[str, Any]], column: str, kind: str, name: str) -> dict:
-    """PAVE's processor argument from the rows' extracted columns: {"side_channels": [{name: SideChannelFeatures}]}."""
-    features = []
-    for row in rows:
-        missing = [c for c in (column, f"{column}_timestamps") if row.get(c) is None]
-        if missing:
-            raise ValueError(
-                f"{_row_name(row)} has no {missing}: PAVE's side channel {name!r} ({kind}) comes from the columns of "
-                "`extract_features(rows, SideChannelEncoder(...), 'video', cache, output_column=...)`; extract them "
-                "or name their column with `features_column=`."
-            )
-        positions = row.get(f"{column}_positions")
-        channel = SideChannelFeatures(
-            kind, _float_tensor(row[column]), torch.as_tensor(np.asarray(row[f"{column}_timestamps"], np.float64)),
-            None if positions is None else _float_tensor(positions),
-        )  # fmt: skip
-        features.append({name: channel})
-    return {"side_channels": features}
 
 
 def _pave_recipe(name: str) -> Any:
@@ -577,77 +488,3 @@ def method_of(recipe_path: str | os.PathLike, method: str | None = None) -> Meth
             f"of {sorted(METHODS)}, or a shipped name such as 'reef/msvd_qa'."
         )
     return METHODS[name]
-
-
-# --------------------------------------------------------------------------------------------- the Trainer
-
-
-class VideoadaptTrainer(Trainer):
-    """`Trainer` whose checkpoints appear atomically: written to `<output_dir>/.staging-checkpoint-N/`, then renamed.
-
-    `checkpoint-N` therefore exists only once complete (model, optimizer, scheduler, RNG states, trainer state), and
-    `resume_from_checkpoint=True` never picks a half-written one. Older checkpoints rotate after the rename. A resume
-    restores every weight (patches and LoRA included) and trains nothing past `max_steps`.
-    """
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        """Restore every weight of a checkpoint through the model's own `from_pretrained`.
-
-        Trainer's loader feeds `model.safetensors` to `model.load_state_dict` as saved, but transformers 5 saves
-        LLaVA-family weights under their original checkpoint names, so no key matches (transformers#43701), and
-        PAVE keeps each patch and its LoRA in `patches/<name>/`, which that loader never reads. FSDP and DeepSpeed
-        checkpoints (their own formats) keep the parent's loader.
-        """
-        model = self.model if model is None else model
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        logger.info(f"Loading model from {resume_from_checkpoint}.")
-        dtype = next(model.parameters()).dtype
-        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype).state_dict()
-        model.load_state_dict(saved, strict=True)
-
-    def _load_best_model(self) -> None:
-        """`load_best_model_at_end` through the same loader (the parent's has the same key mismatch)."""
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return super()._load_best_model()
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
-
-    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
-        """Train nothing once `max_steps` is reached: Trainer checks the step count only after a step, so a run
-        resumed from its last checkpoint would otherwise train one step more (and write checkpoint-(N+1))."""
-        if self.state.global_step >= self.state.max_steps:
-            self.control.should_training_stop = True
-            return
-        super()._run_epoch(*args, **kwargs)
-
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        run_dir = self._get_output_dir(trial=trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
-        if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)
-        limit = self.args.save_total_limit
-        self._get_output_dir = lambda trial=None: staging_root  # the parent writes staging_root/checkpoint-N
-        self.args.save_total_limit = None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()
-        final = os.path.join(run_dir, name)
-        if self.args.should_save:
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging_root, name), final)
-            shutil.rmtree(staging_root, ignore_errors=True)
-        best = self.state.best_model_checkpoint
-        if best and best.startswith(staging_root):  # this step is the best: point at its final folder
-            self.state.best_model_checkpoint = final
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(final, TRAINER_STATE_NAME))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            rotate_checkpoints(
-                run_dir, limit, self.state.best_model_checkpoint, checkpoint_prefix=PREFIX_CHECKPOINT_DIR
-            )
