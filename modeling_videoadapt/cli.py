@@ -390,7 +390,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     frames.add_argument("--fps", type=_positive_number, default=None, help="frames per second instead")
     extract.add_argument("--max-frames", type=_positive_int, default=None, help="cap on frames with --fps")
     extract.add_argument("--feature-layer", type=int, default=None, help="hidden state to keep (default: the config's "
-                         "vision_feature_layer, else the last hidden state)")  # fmt: skip
+                         "vision_feature_layer; an InstructBLIP(-Video) tower: the output before post_layernorm; "
+                         "refused for REEF/DynFocus/Compact folders, whose processor decides)")  # fmt: skip
     extract.add_argument("--preprocessor", default=None, help="frame preprocessing preset (default: the model "
                          "folder's processor or image processor); one of FramePreprocessor.presets()")  # fmt: skip
     extract.add_argument("--batch-size", type=_positive_int, default=8, help="rows per map batch (default 8)")
