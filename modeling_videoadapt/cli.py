@@ -16,13 +16,14 @@ videoadapt export-remote-code MODEL_DIR OUT_DIR [--overwrite]   # loads with tru
 """
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import videoadapt
 from videoadapt._auto import AUTO_MODEL_CLASSES, ModelRow
+from videoadapt.cli_common import example_parser, fail, positive_int, positive_number, progress_logging
+from videoadapt.cli_extract import add_extract
 
 
 __all__ = ["build_parser", "main"]
@@ -63,28 +64,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _example_parser(sub: argparse._SubParsersAction, name: str, summary: str, example: str, **kwargs: Any):
-    """A subcommand described by `summary`, whose `--help` ends with `example`."""
-    return sub.add_parser(
-        name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=example,
-        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs,
-    )  # fmt: skip
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videoadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"videoadapt {videoadapt.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    models = _example_parser(sub, "models", "list every registered model type and its classes",
+    models = example_parser(sub, "models", "list every registered model type and its classes",
                              "example:\n  videoadapt models --json > models.json")  # fmt: skip
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(func=_cmd_models)
     for name, summary in _FORWARDED_HELP.items():  # these parse their own arguments (see `main`)
         forwarded = sub.add_parser(name, add_help=False, help=summary)
         forwarded.add_argument("args", nargs=argparse.REMAINDER)
-    _add_extract(sub)
+    add_extract(sub)
     _add_ask(sub)
     _add_visualize(sub)
     _add_redundancy(sub)
@@ -92,22 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
-    visualize = _example_parser(
+    visualize = example_parser(
         sub, "visualize", "draw what a model kept and merged for one video",
         "examples:\n  videoadapt visualize reef runs/msvd_qa/model clip.mp4 --question 'what is he doing?' "
         "--out reef.png"
         "\n  videoadapt visualize dynfocus runs/dynfocus/model clip.mp4 --question 'what happens?' --out dynfocus.png",
     )  # fmt: skip
     methods = visualize.add_subparsers(dest="method", metavar="METHOD", required=True)
-    reef = _example_parser(
+    reef = example_parser(
         methods, "reef", "REEF: kept spatial tokens, relevance heat maps and memory merges, one column per frame",
         "example:\n  videoadapt visualize reef runs/msvd_qa/model clip.mp4 --question 'what is the man doing?' "
         "--out reef.png --num-frames 8",
@@ -117,12 +103,12 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     reef.add_argument("--question", required=True, help="the question or instruction")
     reef.add_argument("--out", required=True, help="the picture to write (.png, .jpg, ...)")
     reef.add_argument(
-        "--num-frames", type=_positive_int, default=None, help="frames to sample (default: the processor's)"
+        "--num-frames", type=positive_int, default=None, help="frames to sample (default: the processor's)"
     )
     reef.add_argument("--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it")
     reef.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     reef.set_defaults(func=_cmd_visualize_reef)
-    dynfocus = _example_parser(
+    dynfocus = example_parser(
         methods, "dynfocus",
         "DynFocus: frames coloured by event, kept events, key frames, and one frame's S-DPC clusters",
         "example:\n  videoadapt visualize dynfocus runs/dynfocus/model clip.mp4 --question 'what happens first?' "
@@ -135,7 +121,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     dynfocus.add_argument(
         "--frame", type=_nonnegative_int, default=None, help="frame of the S-DPC panels (default: the first key frame)"
     )
-    dynfocus.add_argument("--columns", type=_positive_int, default=None, help="frames per timeline row (default 16)")
+    dynfocus.add_argument("--columns", type=positive_int, default=None, help="frames per timeline row (default 16)")
     dynfocus.add_argument(
         "--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it"
     )
@@ -202,15 +188,8 @@ def _cmd_visualize_dynfocus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_number(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
 def _add_redundancy(sub: argparse._SubParsersAction) -> None:
-    redundancy = _example_parser(
+    redundancy = example_parser(
         sub, "redundancy", "DynFocus Appendix A: temporal (r_d) and answer (r_a) redundancy of videos, with CLIP",
         "example:\n  videoadapt redundancy data/msvd_qa.jsonl --clip openai/clip-vit-base-patch32 --num-videos 50 "
         "--json redundancy.json",
@@ -219,15 +198,15 @@ def _add_redundancy(sub: argparse._SubParsersAction) -> None:
         "manifest", help="JSONL, one {video, question, answer} per line; video paths relative to the manifest"
     )
     redundancy.add_argument("--clip", required=True, help="CLIP checkpoint folder or Hub id")
-    redundancy.add_argument("--num-videos", type=_positive_int, default=20, help="videos to draw (default 20)")
+    redundancy.add_argument("--num-videos", type=positive_int, default=20, help="videos to draw (default 20)")
     redundancy.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     frames = redundancy.add_mutually_exclusive_group()
-    frames.add_argument("--fps", type=_positive_number, default=None, help="frames per second (default 1)")
-    frames.add_argument("--num-frames", type=_positive_int, default=None, help="uniformly spaced frames instead")
-    redundancy.add_argument("--max-frames", type=_positive_int, default=None, help="cap on frames with --fps")
+    frames.add_argument("--fps", type=positive_number, default=None, help="frames per second (default 1)")
+    frames.add_argument("--num-frames", type=positive_int, default=None, help="uniformly spaced frames instead")
+    redundancy.add_argument("--max-frames", type=positive_int, default=None, help="cap on frames with --fps")
     redundancy.add_argument("--similarity-threshold", type=float, default=0.6, help="r_d threshold (default 0.6)")
     redundancy.add_argument("--relevance-threshold", type=float, default=0.4, help="r_a threshold (default 0.4)")
-    redundancy.add_argument("--batch-size", type=_positive_int, default=32, help="frames per CLIP forward pass")
+    redundancy.add_argument("--batch-size", type=positive_int, default=32, help="frames per CLIP forward pass")
     redundancy.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     redundancy.add_argument("--json", dest="json_out", default=None, help="also write the full report to this file")
     redundancy.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -293,29 +272,6 @@ _FORWARDED_HELP = {
 }
 
 
-@contextlib.contextmanager
-def _progress_logging() -> Iterator[None]:
-    """videoadapt's INFO messages on stderr while a long command runs (the library itself never configures logging)."""
-    import logging
-
-    root = logging.getLogger("videoadapt")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[videoadapt] %(message)s"))
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
-def _fail(command: str, error: BaseException) -> int:
-    print(f"videoadapt {command}: error: {error}", file=sys.stderr)
-    return 1
-
-
 def _cmd_train(argv: Sequence[str]) -> int:
     from videoadapt.recipes.train import build_parser as train_parser
     from videoadapt.recipes.train import parse_overrides, train
@@ -323,12 +279,12 @@ def _cmd_train(argv: Sequence[str]) -> int:
     parser = train_parser()
     parser.epilog = f"{parser.epilog.rstrip()}\n{_TRAIN_EXAMPLE}"
     args = parser.parse_args(argv)
-    with _progress_logging():
+    with progress_logging():
         try:
             options, config, processor, training = parse_overrides(args.overrides)
             final = train(args.recipe, options, args.stage, args.method, config, processor, training)
         except (ValueError, OSError) as error:
-            return _fail("train", error)
+            return fail("train", error)
     print(f"saved the trained model and processor to {final}")
     return 0
 
@@ -336,11 +292,11 @@ def _cmd_train(argv: Sequence[str]) -> int:
 def _cmd_eval(argv: Sequence[str]) -> int:
     from videoadapt.recipes.evaluate import main as evaluate_main
 
-    with _progress_logging():
+    with progress_logging():
         try:
             return evaluate_main(argv)
         except (ValueError, OSError) as error:
-            return _fail("eval", error)
+            return fail("eval", error)
 
 
 def _cmd_import_official_pave(argv: Sequence[str]) -> int:
@@ -361,159 +317,6 @@ _FORWARDED: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
-# --------------------------------------------------------------------------------------------- extract
-
-_EXTRACT_EXAMPLE = """\
-Each row gets `frame_features` [T, L, C] (T sampled frames, L tokens per frame), `frame_features_length` and
-`frame_features_timestamps`; the dataset is saved with `datasets.save_to_disk` (`datasets.load_from_disk(OUTPUT)`).
-The Arrow cache makes a killed run resume: rerun the same command (see docs/distributed.md).
-
-example (32 SigLIP frames per video of LLaVA-OneVision's tower, 4 processes on one GPU):
-  videoadapt extract data/train.jsonl --model llava-hf/llava-onevision-qwen2-7b-ov-hf --output features/train \\
-      --split train --num-frames 32 --num-proc 4 --device cuda:0 --cache-dir cache/siglip --unique-videos"""
-
-
-def _add_extract(sub: argparse._SubParsersAction) -> None:
-    extract = _example_parser(
-        sub, "extract", "pre-extract frame features of a manifest's videos with a model's vision tower",
-        _EXTRACT_EXAMPLE,
-    )  # fmt: skip
-    extract.add_argument("manifest", help="JSONL manifest (videoadapt.recipes.manifest); rows need `video`")
-    extract.add_argument("--model", required=True, help="model folder or Hub id whose vision tower encodes the frames "
-                         "(a base checkpoint or a videoadapt model)")  # fmt: skip
-    extract.add_argument("--output", required=True, help="folder to write the dataset with the features to (new)")
-    extract.add_argument("--split", default=None, help="one split (train, validation, test); default all")
-    extract.add_argument("--cache-dir", default=None, help="Arrow cache (default: OUTPUT-cache); reruns resume")
-    extract.add_argument("--num-proc", type=_positive_int, default=None, help="worker processes (default 1)")
-    frames = extract.add_mutually_exclusive_group()
-    frames.add_argument("--num-frames", type=_positive_int, default=None, help="uniform frames per video (default 32)")
-    frames.add_argument("--fps", type=_positive_number, default=None, help="frames per second instead")
-    extract.add_argument("--max-frames", type=_positive_int, default=None, help="cap on frames with --fps")
-    extract.add_argument("--feature-layer", type=int, default=None, help="hidden state to keep (default: the config's "
-                         "vision_feature_layer; an InstructBLIP(-Video) tower: the output before post_layernorm; "
-                         "refused for REEF/DynFocus/Compact folders, whose processor decides)")  # fmt: skip
-    extract.add_argument("--preprocessor", default=None, help="frame preprocessing preset (default: the model "
-                         "folder's processor or image processor); one of FramePreprocessor.presets()")  # fmt: skip
-    extract.add_argument("--batch-size", type=_positive_int, default=8, help="rows per map batch (default 8)")
-    extract.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="feature storage")
-    extract.add_argument("--device", default=None, help="torch device of the tower (default: cuda:0 if available)")
-    extract.add_argument("--unique-videos", action="store_true", help="one row per distinct video")
-    extract.set_defaults(func=_cmd_extract)
-
-
-_TOWER_ATTRIBUTES = ("video_tower", "vision_tower", "vision_model")  # Video-LLaVA, LLaVA families, InstructBLIP
-
-
-def _vision_tower(model: Any) -> Any:
-    """The frame encoder of a video LLM (on the model or its headless `model`)."""
-    for owner in (model, getattr(model, "model", None)):
-        for name in _TOWER_ATTRIBUTES:
-            tower = getattr(owner, name, None) if owner is not None else None
-            if tower is not None:
-                return tower
-    raise ValueError(f"{type(model).__name__} has no {' / '.join(_TOWER_ATTRIBUTES)}; pass a video LLM to `--model`.")
-
-
-def _frame_preprocessor(args: argparse.Namespace) -> Any:
-    """`--preprocessor`, else the model folder's videoadapt processor settings, else its image processor."""
-    import json
-    from pathlib import Path
-
-    from transformers import AutoImageProcessor
-
-    from videoadapt.processors.image_processing import FramePreprocessor
-
-    if args.preprocessor is not None:
-        return FramePreprocessor.for_model(args.preprocessor)
-    saved = Path(args.model) / "processor_config.json"
-    if saved.is_file():
-        settings = json.loads(saved.read_text(encoding="utf-8")).get("frame_preprocessor")
-        if settings:
-            return FramePreprocessor.from_dict(settings)
-    try:
-        return AutoImageProcessor.from_pretrained(args.model)
-    except (OSError, ValueError):
-        raise ValueError(
-            f"{args.model} has no image processor; pass `--preprocessor` as one of {FramePreprocessor.presets()}."
-        ) from None
-
-
-def _run_extract(args: argparse.Namespace) -> int:
-    """Load the manifest and the tower, extract into the Arrow cache, save the dataset to `args.output`.
-
-    A REEF, DynFocus or Compact model folder gets exactly its `vision_features` (`Method.feature_encoder`: its
-    processor's frame sampler unless `--num-frames` / `--fps`, its preprocessing, a row's `timestamps` segment); an
-    InstructBLIP(-Video) base gets its vision model's output before `post_layernorm`, what REEF and DynFocus read.
-    """
-    import os
-    import shutil
-    from pathlib import Path
-
-    import torch
-    from datasets import DatasetDict
-    from transformers import AutoModelForImageTextToText, InstructBlipVideoVisionModel, InstructBlipVisionModel
-
-    from videoadapt.processors.sampling import FpsSampler, UniformSampler
-    from videoadapt.recipes.extract import FrameFeatureEncoder, extract_features, unique_media
-    from videoadapt.recipes.manifest import load_manifest
-    from videoadapt.recipes.training import METHODS
-
-    output = Path(args.output)
-    if output.exists():
-        raise ValueError(f"`--output` {str(output)!r} already exists; pass a new folder (or delete it first).")
-    if args.max_frames is not None and args.fps is None:
-        raise ValueError("`--max-frames` caps `--fps` sampling; pass `--fps` too, or use `--num-frames`.")
-    rows = load_manifest(args.manifest, split=args.split)
-    splits = {"rows": rows} if args.split is not None else dict(rows)
-    if args.unique_videos:
-        splits = {name: unique_media(split, "video") for name, split in splits.items()}
-    model = AutoModelForImageTextToText.from_pretrained(args.model)
-    sampler = UniformSampler(args.num_frames or 32) if args.fps is None else FpsSampler(args.fps, args.max_frames)
-    method = next((m for m in METHODS.values() if m.frame_features and isinstance(model, m.model_class())), None)
-    if method is not None:  # the features its `vision_features` take, sampled and preprocessed as its processor does
-        if args.feature_layer is not None or args.preprocessor is not None:
-            raise ValueError(
-                f"`--feature-layer` and `--preprocessor` do not apply to a {method.name} model: its processor and "
-                "its `vision_features` fix the frames' preprocessing and the features; drop them."
-            )
-        chosen = args.num_frames is not None or args.fps is not None
-        processor = method.load_processor(model, args.model)
-        encoder = method.feature_encoder(model, processor, sampler if chosen else None)
-    else:
-        tower = _vision_tower(model)
-        layer = args.feature_layer
-        if layer is None and isinstance(tower, InstructBlipVisionModel | InstructBlipVideoVisionModel):
-            layer = -1  # before `post_layernorm`, which REEF and DynFocus apply to their `vision_features`
-        elif layer is None:
-            layer = getattr(model.config, "vision_feature_layer", None)
-        encoder = FrameFeatureEncoder(
-            tower, _frame_preprocessor(args), sampler, feature_layer=layer if isinstance(layer, int) else None
-        )
-    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    cache_dir = args.cache_dir or f"{os.fspath(output).rstrip(os.sep)}-cache"
-    options = dict(num_proc=args.num_proc, batch_size=args.batch_size, dtype=args.dtype)
-    done = {name: extract_features(split, encoder, "video", cache_dir, devices=None if device == "cpu" else [device],
-                                   **options) for name, split in splits.items()}  # fmt: skip
-    staging = output.with_name(f".{output.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    result = done["rows"] if args.split is not None else DatasetDict(done)
-    result.save_to_disk(os.fspath(staging))
-    os.replace(staging, output)
-    return sum(len(split) for split in done.values())
-
-
-def _cmd_extract(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    with _progress_logging():
-        try:
-            rows = _run_extract(args)
-        except (ValueError, OSError) as error:
-            return _fail("extract", error)
-    print(f"wrote {rows} rows with frame features to {Path(args.output)}")
-    return 0
-
-
 # --------------------------------------------------------------------------------------------- ask
 
 _ASK_EXAMPLE = """\
@@ -526,7 +329,7 @@ examples:
 
 
 def _add_ask(sub: argparse._SubParsersAction) -> None:
-    ask = _example_parser(sub, "ask", "answer a question about a video with a trained model or a PAVE patch",
+    ask = example_parser(sub, "ask", "answer a question about a video with a trained model or a PAVE patch",
                           _ASK_EXAMPLE)  # fmt: skip
     ask.add_argument("model", help="a trained videoadapt model folder (with its processor) or a PAVE patch folder")
     ask.add_argument("video", help="the video file")
@@ -537,9 +340,9 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
         "--side-channel", action="append", default=[], metavar="NAME=FILE",
         help="features of a PAVE patch (NAME: patch name or side-channel kind; FILE: a SideChannelFeatures.save file)",
     )  # fmt: skip
-    ask.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest answer (default 64)")
-    ask.add_argument("--num-beams", type=_positive_int, default=1, help="beam size (default 1: greedy, streamed)")
-    ask.add_argument("--num-frames", type=_positive_int, default=None, help="frames per video when a patch's base "
+    ask.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest answer (default 64)")
+    ask.add_argument("--num-beams", type=positive_int, default=1, help="beam size (default 1: greedy, streamed)")
+    ask.add_argument("--num-frames", type=positive_int, default=None, help="frames per video when a patch's base "
                      "has no saved processor (default 32)")  # fmt: skip
     ask.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     ask.set_defaults(func=_cmd_ask)
@@ -572,7 +375,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.num_beams == 1 else None
         text = answer(loaded, inputs, args.max_new_tokens, args.num_beams, streamer)
     except (ValueError, OSError) as error:
-        return _fail("ask", error)
+        return fail("ask", error)
     if streamer is None:
         print(text)
     return 0
@@ -591,7 +394,7 @@ example (then upload OUT_DIR as a Hub model repository):
 
 
 def _add_export_remote_code(sub: argparse._SubParsersAction) -> None:
-    export = _example_parser(sub, "export-remote-code", "write a saved videoadapt model as a folder that loads with "
+    export = example_parser(sub, "export-remote-code", "write a saved videoadapt model as a folder that loads with "
                              "trust_remote_code=True without videoadapt", _EXPORT_EXAMPLE)  # fmt: skip
     export.add_argument("model_dir", metavar="MODEL_DIR", help="a videoadapt model folder written by save_pretrained "
                         "(with its processor)")  # fmt: skip
@@ -606,7 +409,7 @@ def _cmd_export_remote_code(args: argparse.Namespace) -> int:
     try:
         out_dir = export_remote_code(args.model_dir, args.out_dir, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
-        return _fail("export-remote-code", error)
+        return fail("export-remote-code", error)
     print(f"wrote {out_dir}: load it with trust_remote_code=True (videoadapt not needed)")
     return 0
 

@@ -1,0 +1,55 @@
+"""Helpers the `videoadapt` subcommands share: parsers with examples, argument types, progress, errors."""
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+__all__ = ["example_parser", "fail", "positive_int", "positive_number", "progress_logging"]
+
+
+def example_parser(sub: argparse._SubParsersAction, name: str, summary: str, example: str, **kwargs: Any):
+    """A subcommand described by `summary`, whose `--help` ends with `example`."""
+    return sub.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=example,
+        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs,
+    )  # fmt: skip
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def progress_logging() -> Iterator[None]:
+    """videoadapt's INFO messages on stderr while a long command runs (the library itself never configures logging)."""
+    import logging
+
+    root = logging.getLogger("videoadapt")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[videoadapt] %(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def fail(command: str, error: BaseException) -> int:
+    print(f"videoadapt {command}: error: {error}", file=sys.stderr)
+    return 1
+
+
+def positive_number(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
