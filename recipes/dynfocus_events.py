@@ -2,8 +2,17 @@
 
 Synthetic videos of `events` scenes of `frames_per_event` frames each. A scene is a tinted, noisy background with
 faint grey blobs that stay put for the whole scene, so T-DPC can find the scenes. In one or two scenes (the relevant
-events) a small coloured square, aligned to one pooled cell, sits at a fixed place; the question asks for its colour
-(4 colours, or "no" in a fifth of the videos, which have no square: then no colour can be answered by elimination).
+events) four small squares sit in the four corners, each aligned to one pooled cell and of a random colour (4
+colours); the question names one corner ("what color is the up square?": up, right, down, left = top-left,
+top-right, bottom-right, bottom-left) and the answer is that square's colour, or "no" in a fifth of the videos, which
+have no squares (so that no colour can be answered by elimination).
+
+Why four squares and a named corner: the coarse tokens every frame gets ("rods": a content token and a text-guided
+context token, each a mixture over the frame) carry the colours present but not which corner holds which. With one
+square per relevant scene (the first version of this task) they carried the answer's colour, the LLM answered some
+colours from them, and Dynamic Selection got no gradient to keep those events (event recall 0.62-0.88 on seeds 1-2,
+single colours kept 12-35% of the time yet answered). Here the key frames' fine tokens (16 pooled cells in raster order
++ 22 prototypes) are what tells the corners apart, for every colour alike.
 
 A tiny DynFocus (random init, built here, nothing downloaded) is trained twice with equal steps and data:
 - selected: T-DPC into L = `events` event prototypes, Dynamic Selection keeps K = ceil(keep_ratio * L) of them
@@ -12,7 +21,7 @@ A tiny DynFocus (random init, built here, nothing downloaded) is trained twice w
 Reported: both accuracies (the answer is the label token with the highest logit of the 5) and the event recall: the
 share of needle videos whose every relevant scene holds a key frame (at inference).
 
-`bench/dynfocus_events.py` runs the full version; the test suite runs a short one.
+`bench/dynfocus_events.py` runs the full version.
 """
 
 import math
@@ -27,18 +36,23 @@ from videoadapt.recipes.reef_needle import BACKGROUND, COLORS, clip_pixels, trai
 from videoadapt.testing.tiny_models import build_qformer_tokenizer, build_tiny_tokenizer
 
 
-__all__ = ["EventSettings", "make_event_videos", "run_events"]
+__all__ = ["CORNERS", "EventSettings", "make_event_videos", "question", "run_events"]
 
 
 LABELS = (*COLORS, "no")
 IMAGE, PATCH, POOLED = 32, 4, 16  # 8 x 8 patches, average-pooled to 4 x 4 cells of 8 x 8 pixels
-CELL = 8  # the square fills one pooled cell
+CELL = 8  # a square fills one pooled cell
 # Scene tints stay close to the CLIP mean colour. InstructBLIP's post-layernorm is scale invariant, so in this tiny tower
 # (no ViT layers: tokens are linear in the pixels plus a position embedding) a tint of std 25 became a full-scale random
 # direction per scene, as loud as the square: Dynamic Selection then reached event recall 0.1-0.4 (seed 0, 450-900
 # steps); at std 8 the scenes stay apart (blobs and texture) and recall reached 0.99 in 800 steps (seed 0).
 SCENE_TINT = 8.0
-QUESTION = "what color is the square?"
+# The corners the question can name -> (row, column) of the pooled cell their square fills.
+CORNERS = {"up": (0, 0), "right": (0, 3), "down": (3, 3), "left": (3, 0)}
+
+
+def question(corner: str) -> str:
+    return f"what color is the {corner} square?"
 
 
 @dataclass
@@ -65,12 +79,16 @@ class EventSettings:
         return self.events * self.frames_per_event
 
 
-def make_event_videos(count: int, settings: EventSettings, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(videos uint8 [count, T, 32, 32, 3], labels [count], relevant bool [count, events]: scenes with the square)."""
+def make_event_videos(
+    count: int, settings: EventSettings, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(videos uint8 [count, T, 32, 32, 3], labels [count], relevant bool [count, events]: scenes with the squares,
+    asked [count]: the index in `CORNERS` of the corner the question names)."""
     rng = np.random.default_rng(seed)
-    events, per, grid = settings.events, settings.frames_per_event, IMAGE // CELL
+    events, per = settings.events, settings.frames_per_event
     videos = np.empty((count, events, per, IMAGE, IMAGE, 3))
     labels = rng.integers(0, len(LABELS), size=count)
+    asked = rng.integers(0, len(CORNERS), size=count)
     relevant = np.zeros((count, events), dtype=bool)
     palette = np.array(list(COLORS.values()), dtype=np.float64)
     for i in range(count):
@@ -83,12 +101,14 @@ def make_event_videos(count: int, settings: EventSettings, seed: int) -> tuple[n
             videos[i, e] = scene[None] + rng.normal(0, 6, size=(per, IMAGE, IMAGE, 3))  # per-frame noise
         if labels[i] == len(COLORS):
             continue
+        colours = rng.integers(0, len(COLORS), size=len(CORNERS))
+        colours[asked[i]] = labels[i]
         for e in rng.choice(events, size=rng.integers(1, 3), replace=False):
-            y, x = divmod(int(rng.integers(0, grid * grid)), grid)
-            videos[i, e, :, y * CELL : (y + 1) * CELL, x * CELL : (x + 1) * CELL] = palette[labels[i]]
+            for colour, (y, x) in zip(colours, CORNERS.values()):
+                videos[i, e, :, y * CELL : (y + 1) * CELL, x * CELL : (x + 1) * CELL] = palette[colour]
             relevant[i, e] = True
     videos = np.clip(videos, 0, 255).astype(np.uint8).reshape(count, events * per, IMAGE, IMAGE, 3)
-    return videos, labels, relevant
+    return videos, labels, relevant, asked
 
 
 def _model(settings: EventSettings, all_frames: bool, tokenizer) -> DynFocusForConditionalGeneration:
@@ -125,31 +145,32 @@ class _Task:
         self.label_ids = torch.tensor(
             [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in LABELS]
         )
-        self.question_ids = tokenizer(" " + QUESTION).input_ids
-        self.qformer_ids = qformer_tokenizer([QUESTION], return_tensors="pt").input_ids
+        self.question_ids = [tokenizer(" " + question(c)).input_ids for c in CORNERS]  # one length: one-token words
+        self.qformer_ids = qformer_tokenizer([question(c) for c in CORNERS], return_tensors="pt").input_ids
 
-    def _logits(self, model, videos: np.ndarray) -> tuple[torch.Tensor, dict]:
-        batch = len(videos)
+    def _logits(self, model, videos: np.ndarray, asked: np.ndarray) -> tuple[torch.Tensor, dict]:
         count = model.config.num_video_tokens(videos.shape[1])
-        ids = torch.tensor([[self.tokenizer.video_token_id] * count + self.question_ids])
-        inputs = dict(pixel_values=clip_pixels(videos), qformer_input_ids=self.qformer_ids.expand(batch, -1))
-        return model(**inputs, input_ids=ids.expand(batch, -1)).logits[:, -1, self.label_ids], inputs
+        ids = torch.tensor([[self.tokenizer.video_token_id] * count + self.question_ids[a] for a in asked])
+        inputs = dict(pixel_values=clip_pixels(videos), qformer_input_ids=self.qformer_ids[torch.as_tensor(asked)])
+        return model(**inputs, input_ids=ids).logits[:, -1, self.label_ids], inputs
 
     def train(self, model, name: str) -> None:
         """AdamW on every parameter; sigma of the perturbed top-K annealed linearly to `final_sigma`."""
-        (train_x, train_y, _), _ = self.data
-        train_label_task(model, self._logits, train_x, train_y, self.settings.steps, self.settings, name)
+        (train_x, train_y, _, train_asked), _ = self.data
+        train_label_task(
+            model, self._logits, train_x, train_y, self.settings.steps, self.settings, name, extra=train_asked
+        )
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
         """Accuracy and event recall (the share of needle videos whose every relevant scene holds a key frame, hard
         top-K), overall and per answer: a colour answered right but rarely kept is answered from the coarse tokens."""
-        _, (test_x, test_y, test_relevant) = self.data
+        _, (test_x, test_y, test_relevant, test_asked) = self.data
         model.eval()
         right, kept = np.zeros(len(test_y), dtype=bool), np.zeros(len(test_y), dtype=bool)
         for start in range(0, len(test_y), 32):
             chunk = slice(start, start + 32)
-            logits, inputs = self._logits(model, test_x[chunk])
+            logits, inputs = self._logits(model, test_x[chunk], test_asked[chunk])
             right[chunk] = logits.argmax(-1).numpy() == test_y[chunk]
             key_scenes = model.get_video_features(**inputs).key_frames // self.settings.frames_per_event  # [b, K]
             relevant = torch.as_tensor(test_relevant[chunk])  # [b, events]

@@ -136,12 +136,20 @@ def clip_pixels(videos: np.ndarray) -> torch.Tensor:
 
 
 def train_label_task(
-    model, logits_fn, videos: np.ndarray, labels: np.ndarray, steps: int, settings, name: str
+    model,
+    logits_fn,
+    videos: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    settings,
+    name: str,
+    extra: np.ndarray | None = None,
 ) -> None:
     """The synthetic tasks' training loop: AdamW (lr `settings.lr`, no weight decay) on cross-entropy over the answer
     logits `logits_fn(model, videos)[0]` of random batches of `settings.batch_size`; the sigma of every perturbed
     top-K decays linearly from its `sigma_max` over `steps`, floored at `settings.final_sigma` (as
-    SigmaAnnealingCallback). Batches are drawn from a generator seeded with `settings.seed`."""
+    SigmaAnnealingCallback). Batches are drawn from a generator seeded with `settings.seed`. With `extra` (one
+    value per video, e.g. which question it asks), `logits_fn(model, videos, extra)` gets the batch's values."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
     topk_modules = perturbed_topk_modules(model)
@@ -150,7 +158,7 @@ def train_label_task(
         for module in topk_modules:
             module.sigma = max(settings.final_sigma, module.sigma_max * (1 - step / steps))
         rows = torch.randint(0, len(labels), (settings.batch_size,), generator=generator).numpy()
-        logits, _ = logits_fn(model, videos[rows])
+        logits, _ = logits_fn(model, videos[rows]) if extra is None else logits_fn(model, videos[rows], extra[rows])
         loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels[rows]))
         optimizer.zero_grad()
         loss.backward()
@@ -186,19 +194,32 @@ class _Task:
         _, (test_x, test_y, test_cells) = self.data
         model.eval()
         correct, hits, needle_frames = 0, 0, 0
+        by_label = {label: [0, 0, 0, 0] for label in LABELS}  # correct, videos, needle hits, needle frames
         for start in range(0, len(test_y), 32):
             chunk = slice(start, start + 32)
             logits, inputs = self._logits(model, test_x[chunk])
-            correct += int((logits.argmax(-1).numpy() == test_y[chunk]).sum())
+            right = logits.argmax(-1).numpy() == test_y[chunk]
+            correct += int(right.sum())
             selected = model.get_video_features(**inputs).selected_indices
+            frame_hits = None
             if selected is not None:
                 cells = torch.as_tensor(test_cells[chunk])  # [b, T], -1 where the frame has no needle
                 present = cells >= 0
-                hits += int((selected == cells[..., None]).any(-1)[present].sum())
+                frame_hits = (selected == cells[..., None]).any(-1) & present
+                hits += int(frame_hits.sum())
                 needle_frames += int(present.sum())
+            for i, label in enumerate(test_y[chunk]):
+                counts = by_label[LABELS[label]]
+                counts[0] += int(right[i])
+                counts[1] += 1
+                if frame_hits is not None:
+                    counts[2] += int(frame_hits[i].sum())
+                    counts[3] += int((test_cells[chunk][i] >= 0).sum())
         return {
             "accuracy": correct / len(test_y),
             "needle_recall": hits / needle_frames if needle_frames else math.nan,
+            "accuracy_by_answer": {k: round(c[0] / c[1], 4) for k, c in by_label.items() if c[1]},
+            "needle_recall_by_answer": {k: round(c[2] / c[3], 4) for k, c in by_label.items() if c[3]},
         }
 
 
@@ -231,6 +252,8 @@ def run_needle(settings: NeedleSettings | None = None, all_tokens: bool = True) 
         "acc_topk25": topk["accuracy"],
         "acc_all_tokens": full["accuracy"] if full else None,
         "needle_recall": topk["needle_recall"],
+        "acc_topk25_by_answer": topk["accuracy_by_answer"],
+        "needle_recall_by_answer": topk["needle_recall_by_answer"],
         "kept_tokens": keep,
         "initial_steps": settings.initial_steps,
         "steps": settings.steps,

@@ -29,3 +29,6 @@ def test_reef_top_k_learns_to_keep_the_needle():
     # 1.0 (every colour from step 200 on). The bars leave room for float differences between CPUs.
     assert result["acc_topk25"] >= 0.85, result
     assert result["needle_recall"] >= 0.9, result
+    assert set(result["needle_recall_by_answer"]) == {"red", "green", "blue", "yellow"}  # "no" videos have no needle
+    assert set(result["acc_topk25_by_answer"]) <= {"red", "green", "blue", "yellow", "no"}
+    assert min(result["needle_recall_by_answer"].values()) >= 0.8, result  # every colour, not just most of them
