@@ -2,9 +2,9 @@
 
     python bench/dynfocus_events.py [--steps 1200] [--train-videos 512] [--test-videos 128] [--keep-ratio 0.25]
 
-Synthetic videos of 8 scenes x 2 frames (tinted noisy backgrounds with faint grey blobs); in one or two scenes a
-small coloured square sits at a fixed place and the question asks for its colour (4 colours, or "no" in a fifth of
-the videos, which have no square). A tiny DynFocus (random init, nothing downloaded) is trained twice with equal steps
+Synthetic videos of 8 scenes x 2 frames (tinted noisy backgrounds with faint grey blobs); in one or two scenes four
+small squares of random colours sit in the corners and the question names one corner ("what color is the up
+square?"); the answer is its colour (4 colours, or "no" in a fifth of the videos, which have no squares). A tiny DynFocus (random init, nothing downloaded) is trained twice with equal steps
 and data: T-DPC into L = 8 events with K = ceil(keep_ratio * L) key frames (38 + 2 tokens each, 2 for the others),
 and every frame its own kept event (40 tokens per frame). Bar: `event_recall` (needle videos whose every relevant
 scene holds a key frame, at inference) >= 0.9, and `acc_selected` within 5 points of `acc_all_frames`. The last
