@@ -34,6 +34,7 @@ from videoadapt.layers.dpc_knn import dpc_knn
 from videoadapt.layers.dpc_prototypes import merge_clusters, multi_level_prototypes, prototype_weights
 from videoadapt.layers.perturbed_topk import PerturbedTopK, hard_topk
 from videoadapt.layers.relevance_scorer import min_max_normalize
+from videoadapt.vision_features import VisionFeaturesMixin
 
 
 __all__ = ["DynFocusForConditionalGeneration", "DynFocusVideoFeaturesOutput"]
@@ -96,7 +97,9 @@ class DynFocusProjector(nn.Sequential):
         super().__init__(nn.Linear(dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
-class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForConditionalGeneration):
+class DynFocusForConditionalGeneration(
+    VideoadaptHubMixin, VisionFeaturesMixin, InstructBlipVideoForConditionalGeneration
+):
     """InstructBLIP-Video parts with DynFocus' DPE and CCE; the LLM sees 2 tokens per frame plus P + I per key frame.
 
     Weight names are InstructBLIP-Video's; the new modules are `event_scorer`, `context_attention`, `fine_projector`
@@ -278,76 +281,6 @@ class DynFocusForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForC
         out[b[:, None, None].expand_as(rods_pos)[keep], rods_pos[keep]] = rods[keep]
         return out
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        use_cache: bool | None = None,
-        mm_encoder_outputs: dict | None = None,
-        vision_features: torch.Tensor | None = None,
-        **kwargs,
-    ):
-        """InstructBLIP-Video's `forward`, with `vision_features` [B, T, 1+N, C] (see `get_video_features`) as an
-        alternative to `pixel_values`: the frozen vision encoder is then skipped."""
-        if vision_features is not None:
-            video = self.get_video_features(
-                pixel_values, qformer_input_ids, qformer_attention_mask, vision_features=vision_features, **kwargs
-            )
-            mm_encoder_outputs = {**(mm_encoder_outputs or {}), "video": video}
-        return super().forward(
-            pixel_values=None if vision_features is not None else pixel_values, qformer_input_ids=qformer_input_ids,
-            qformer_attention_mask=qformer_attention_mask, input_ids=input_ids, attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
-            inputs_embeds=inputs_embeds, labels=labels, interpolate_pos_encoding=interpolate_pos_encoding,
-            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs, **kwargs,
-        )  # fmt: skip
-
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        vision_features: torch.Tensor | None = None,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
-        """InstructBLIP-Video's `generate` from `pixel_values` or `vision_features`; without a prompt, the input is the
-        video tokens and BOS."""
-        if hasattr(self, "hf_device_map"):
-            self._preprocess_accelerate()
-        video = self.get_video_features(
-            pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
-            vision_features=vision_features,
-        ).pooler_output  # fmt: skip
-        if input_ids is None and inputs_embeds is None:
-            frames = (pixel_values if vision_features is None else vision_features).shape[1]
-            start = [self.config.video_token_index] * self.config.num_video_tokens(frames)
-            start.append(self.config.text_config.bos_token_id)
-            input_ids = torch.tensor([start], dtype=torch.long, device=video.device).repeat(len(video), 1)
-        return self._generate_from_video_tokens(video, input_ids, attention_mask, inputs_embeds, **generate_kwargs)
-
-    def _generate_from_video_tokens(self, video_tokens, input_ids, attention_mask, inputs_embeds, **generate_kwargs):
-        """InstructBLIP-Video's generation from video tokens [B, N, D]: scattered into the `video_token_index`
-        positions of the prompt's embeddings, then the language model's `generate`."""
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        video_tokens = video_tokens.to(inputs_embeds.device, inputs_embeds.dtype)
-        inputs_embeds = inputs_embeds.masked_scatter(self.get_placeholder_mask(input_ids, inputs_embeds), video_tokens)
-        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        if not self.language_model.config.is_encoder_decoder:
-            inputs["input_ids"] = input_ids
-        return self.language_model.generate(**inputs, **generate_kwargs)
+    def prompt_video_tokens(self, num_frames: int) -> int:
+        """`<video>` tokens for `num_frames` frames (what the processor expands the placeholder to)."""
+        return self.config.num_video_tokens(num_frames)

@@ -41,6 +41,7 @@ from videoadapt.layers.memory_bank import QueryMemoryBank, VisualMemoryBank
 from videoadapt.layers.memory_merge import merge_scores
 from videoadapt.layers.perturbed_topk import PerturbedTopK
 from videoadapt.layers.relevance_scorer import RelevanceScorer
+from videoadapt.vision_features import VisionFeaturesMixin
 
 
 __all__ = ["ReefForConditionalGeneration", "ReefVideoFeaturesOutput"]
@@ -218,7 +219,7 @@ class ReefTemporalCompression(nn.Module):
 # --------------------------------------------------------------------------------------------- the model
 
 
-class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForConditionalGeneration):
+class ReefForConditionalGeneration(VideoadaptHubMixin, VisionFeaturesMixin, InstructBlipVideoForConditionalGeneration):
     """InstructBLIP-Video read online, frame by frame, with REEF's memory banks, STF and RTC.
 
     Weight names are InstructBLIP-Video's (`vision_model`, `query_tokens`, `qformer`, `language_projection`,
@@ -369,76 +370,6 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, InstructBlipVideoForCondi
             merged_slots=merges,
         )
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        use_cache: bool | None = None,
-        mm_encoder_outputs: dict | None = None,
-        vision_features: torch.Tensor | None = None,
-        **kwargs,
-    ):
-        """InstructBLIP-Video's `forward`, with `vision_features` [B, T, 1+P, C] (see `get_video_features`) as an
-        alternative to `pixel_values`: the frozen vision encoder is then skipped."""
-        if vision_features is not None:
-            video = self.get_video_features(
-                pixel_values, qformer_input_ids, qformer_attention_mask, vision_features=vision_features, **kwargs
-            )
-            mm_encoder_outputs = {**(mm_encoder_outputs or {}), "video": video}
-        return super().forward(
-            pixel_values=None if vision_features is not None else pixel_values, qformer_input_ids=qformer_input_ids,
-            qformer_attention_mask=qformer_attention_mask, input_ids=input_ids, attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
-            inputs_embeds=inputs_embeds, labels=labels, interpolate_pos_encoding=interpolate_pos_encoding,
-            use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs, **kwargs,
-        )  # fmt: skip
-
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        vision_features: torch.Tensor | None = None,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
-        """InstructBLIP-Video's `generate` from `pixel_values` or `vision_features`; without a prompt, the input is the
-        Q video tokens and BOS."""
-        if hasattr(self, "hf_device_map"):
-            self._preprocess_accelerate()
-        video = self.get_video_features(
-            pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
-            vision_features=vision_features,
-        ).pooler_output  # fmt: skip
-        if input_ids is None and inputs_embeds is None:
-            start = [self.config.video_token_index] * self.config.num_query_tokens + [
-                self.config.text_config.bos_token_id
-            ]
-            input_ids = torch.tensor([start], dtype=torch.long, device=video.device).repeat(len(video), 1)
-        return self._generate_from_video_tokens(video, input_ids, attention_mask, inputs_embeds, **generate_kwargs)
-
-    def _generate_from_video_tokens(self, video_tokens, input_ids, attention_mask, inputs_embeds, **generate_kwargs):
-        """InstructBLIP-Video's generation from video tokens [B, N, D]: scattered into the `video_token_index`
-        positions of the prompt's embeddings, then the language model's `generate`."""
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        video_tokens = video_tokens.to(inputs_embeds.device, inputs_embeds.dtype)
-        inputs_embeds = inputs_embeds.masked_scatter(self.get_placeholder_mask(input_ids, inputs_embeds), video_tokens)
-        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        if not self.language_model.config.is_encoder_decoder:
-            inputs["input_ids"] = input_ids
-        return self.language_model.generate(**inputs, **generate_kwargs)
+    def prompt_video_tokens(self, num_frames: int) -> int:
+        """`<video>` tokens of a prompt: the last step's Q query outputs, whatever the number of frames."""
+        return self.config.num_query_tokens
