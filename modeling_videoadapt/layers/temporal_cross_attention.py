@@ -2,15 +2,10 @@
 side-channel time steps (a hard, non-overlapping partition of each sample's valid steps into Tq chunks).
 
 Shape legend:
-    B    batch
-    Tq   query frames (= number of chunks)
-    Nq   query tokens per frame
-    Tk   key time steps, padded (sample b holds L_b <= Tk valid steps, padding after)
-    Nk   key tokens per time step
-    C    key time steps in one chunk (Cmax: the largest chunk in the batch)
-    D    hidden size
-    H    heads
-    d    head dim = D / H
+    B batch; Tq query frames (= number of chunks); Nq query tokens per frame
+    Tk key time steps, padded (sample b holds L_b <= Tk valid steps, padding after); Nk key tokens per time step
+    C key time steps in one chunk (Cmax: the largest chunk in the batch)
+    D hidden size; H heads; d head dim = D / H
 
 All samples run in one attention call of batch B * Tq: keys are gathered per chunk into [B * Tq, H, Cmax * Nk, d]
 with a key-padding mask (eager, sdpa, other registered functions), or packed without padding and passed as
