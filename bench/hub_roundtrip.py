@@ -37,7 +37,7 @@ import videoadapt  # noqa: F401 - registers the Auto classes
 from videoadapt.recipes.training import METHODS
 from videoadapt.remote_code import export_remote_code
 from videoadapt.testing.hub_server import FakeHub, fake_hub_environment
-from videoadapt.testing.roundtrip import HIDDEN_CHILD, method_logits, write_tiny_manifest
+from videoadapt.testing.roundtrip import HIDDEN_CHILD, method_logits, run_in_fresh_process, write_tiny_manifest
 from videoadapt.testing.tiny_models import build_tiny_checkpoint
 
 
@@ -79,14 +79,7 @@ def load_jobs(hub: FakeHub, work: Path, manifest: Path, checkpoint: Path) -> dic
          **common},
         {"id": "one_line", "load": "auto", "repo": PATCH_REPO, **common},
     ]  # fmt: skip
-    (work / "jobs.json").write_text(json.dumps({"out": str(work / "out"), "jobs": jobs}))
-    run([sys.executable, "-m", "videoadapt.testing.roundtrip", str(work / "jobs.json")], child_env(hub, work / "h1"))
-    results = {}
-    for job in jobs:
-        error = work / "out" / f"{job['id']}.error.json"
-        results[job["id"]] = (json.loads(error.read_text()) if error.exists()
-                              else load_file(work / "out" / f"{job['id']}.safetensors")["logits"])  # fmt: skip
-    return results
+    return run_in_fresh_process(jobs, work, child_env(hub, work / "h1"))
 
 
 def remote_code_job(hub: FakeHub, work: Path, model, processor) -> tuple[bool, list[str], str]:

@@ -20,17 +20,11 @@ from videoadapt.processors.synthetic import random_spec, write_synthetic_video
 from videoadapt.recipes.extract import FrameFeatureEncoder
 from videoadapt.recipes.manifest import write_manifest
 from videoadapt.recipes.training import METHODS
+from videoadapt.testing.tiny_methods import TINY_METHODS
 
 
 QUESTION = "what color is the circle?"
-BUILDS = {  # method -> (base family, recipe, stage, config overrides, processor overrides) fitting the tiny models
-    "reef": ("instructblip_video", "msvd_qa", "main", {"num_selected_tokens": 4, "memory_bank_length": 2},
-             {"num_frames": 4}),
-    "dynfocus": ("instructblip_video", "default", "stage2",
-                 {"num_pooled_tokens": 4, "num_events": 2, "event_knn": 1, "spatial_clusters": [4, 2],
-                  "spatial_knn": [2, 1]}, {"sampler": {"type": "uniform", "num_frames": 4}}),
-    "compact": ("llava_onevision", "stage1", None, {"num_frames": 4}, {"num_frames": 4}),
-}  # fmt: skip
+BUILDS = {m: TINY_METHODS[m] for m in ("reef", "dynfocus", "compact")}
 
 
 @pytest.fixture(scope="module")

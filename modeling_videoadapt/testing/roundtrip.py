@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
-__all__ = ["HIDDEN_CHILD", "method_logits", "run_job", "run_jobs", "write_tiny_manifest"]
+__all__ = ["HIDDEN_CHILD", "method_logits", "run_in_fresh_process", "run_job", "run_jobs", "write_tiny_manifest"]
 
 # A fresh interpreter in which videoadapt cannot be imported (it is installed, so a finder first in `sys.meta_path`
 # refuses it): it loads `argv[1]` (an exported folder or a Hub repo of one) with plain transformers and
@@ -141,6 +141,27 @@ def run_jobs(path: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for job in spec["jobs"]:
         run_job(job, out)
+
+
+def run_in_fresh_process(jobs: list[dict[str, Any]], work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run `jobs` in a fresh interpreter with environment `env` (files under `work`); id -> logits tensor, or the
+    {"type", "message"} of a job whose loading failed. A crash of the interpreter itself raises `RuntimeError`."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    out = work / "out"
+    (work / "jobs.json").write_text(json.dumps({"out": str(out), "jobs": jobs}))
+    command = [sys.executable, "-m", "videoadapt.testing.roundtrip", str(work / "jobs.json")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"the job runner failed:\n{done.stderr[-4000:]}")
+    results = {}
+    for job in jobs:
+        error = out / f"{job['id']}.error.json"
+        results[job["id"]] = (json.loads(error.read_text()) if error.exists()
+                              else load_file(out / f"{job['id']}.safetensors")["logits"])  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":

@@ -2,32 +2,22 @@
 a PAVE patch alone, one-line loading of a patch repository with revision pinning, and the errors a user meets."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import HfApi
-from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, set_seed
 
 from videoadapt.modeling_pave import PaveForConditionalGeneration, PaveLlavaNextVideoForConditionalGeneration
 from videoadapt.pave_hub import PatchDownloadError
 from videoadapt.recipes.training import METHODS
 from videoadapt.testing.hub_server import FakeHub, fake_hub_environment
-from videoadapt.testing.roundtrip import method_logits, write_tiny_manifest
+from videoadapt.testing.roundtrip import method_logits, run_in_fresh_process, write_tiny_manifest
+from videoadapt.testing.tiny_methods import TINY_METHODS
 
 
-MODELS = {  # method -> (base family, recipe, stage, config overrides, processor overrides) fitting the tiny models
-    "reef": ("instructblip_video", "reef/msvd_qa", "main", {"num_selected_tokens": 4, "memory_bank_length": 2},
-             {"num_frames": 4}),
-    "dynfocus": ("instructblip_video", "dynfocus/default", "stage2",
-                 {"num_pooled_tokens": 4, "num_events": 2, "event_knn": 1, "spatial_clusters": [4, 2],
-                  "spatial_knn": [2, 1]}, {"sampler": {"type": "uniform", "num_frames": 4}}),
-    "compact": ("llava_onevision", "compact/stage1", None, {"num_frames": 4}, {"num_frames": 4}),
-    "pave": ("llava_onevision", "pave/avsd", None, {"side_channel_dim": 8}, {"num_frames": 4}),
-}  # fmt: skip
+MODELS = {m: (t.family, f"{m}/{t.recipe}", t.stage, t.config, t.processor) for m, t in TINY_METHODS.items()}
 PATCH = "avsd"  # the pave/avsd recipe's patch name
 PATCH_REPO, BASE_REPO = "tester/avsd-patch", "tester/tiny-onevision"
 
@@ -71,18 +61,7 @@ def pushed(hub, manifest, tiny_checkpoints) -> dict[str, torch.Tensor]:
 
 def run_jobs(jobs: list[dict], hub: FakeHub, tmp_path: Path) -> dict[str, torch.Tensor | dict]:
     """Run the jobs in a fresh interpreter that knows only the hub's address; id -> logits or {"type", "message"}."""
-    spec = {"out": str(tmp_path / "out"), "jobs": jobs}
-    (tmp_path / "jobs.json").write_text(json.dumps(spec))
-    env = {**hub.env(tmp_path / "child_home"), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "videoadapt.testing.roundtrip", str(tmp_path / "jobs.json")],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = {}
-    for job in jobs:
-        error = tmp_path / "out" / f"{job['id']}.error.json"
-        results[job["id"]] = (json.loads(error.read_text()) if error.exists()
-                              else load_file(tmp_path / "out" / f"{job['id']}.safetensors")["logits"])  # fmt: skip
-    return results
+    return run_in_fresh_process(jobs, tmp_path, {**hub.env(tmp_path / "child_home"), "PATH": "/usr/bin:/bin"})
 
 
 def job(job_id: str, load: str, repo: str, manifest: Path, method: str = "pave", **extra) -> dict:

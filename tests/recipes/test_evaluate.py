@@ -23,17 +23,10 @@ from videoadapt.recipes.evaluate import (
 )
 from videoadapt.recipes.manifest import read_manifest_rows, write_manifest
 from videoadapt.recipes.training import METHODS
+from videoadapt.testing.tiny_methods import TINY_METHODS
 
 
-MODELS = {  # method -> (base family, recipe, stage, config overrides, processor overrides) fitting the tiny models
-    "reef": ("instructblip_video", "reef/msvd_qa", "main", {"num_selected_tokens": 4, "memory_bank_length": 2},
-             {"num_frames": 4}),
-    "dynfocus": ("instructblip_video", "dynfocus/default", "stage2",
-                 {"num_pooled_tokens": 4, "num_events": 2, "event_knn": 1, "spatial_clusters": [4, 2],
-                  "spatial_knn": [2, 1]}, {"sampler": {"type": "uniform", "num_frames": 4}}),
-    "compact": ("llava_onevision", "compact/stage1", None, {"num_frames": 4}, {"num_frames": 4}),
-    "pave": ("llava_onevision", "pave/avsd", None, {"side_channel_dim": 8}, {"num_frames": 4}),
-}  # fmt: skip
+MODELS = {m: (t.family, f"{m}/{t.recipe}", t.stage, t.config, t.processor) for m, t in TINY_METHODS.items()}
 COLORS = ["red", "green", "blue", "yellow", "white"]
 QUIET = ["progress=false", "max_new_tokens=3"]
 

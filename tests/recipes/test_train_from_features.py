@@ -20,17 +20,11 @@ from videoadapt.recipes.extract import extract_features
 from videoadapt.recipes.manifest import load_manifest, write_manifest
 from videoadapt.recipes.train import RunOptions, main, train
 from videoadapt.recipes.training import METHODS, SFTCollator, load_feature_rows
+from videoadapt.testing.tiny_methods import TINY_METHODS
 
 
 FROZEN_TOWER = ("reef", "dynfocus", "compact")
-SETTINGS = {  # method -> (base family, recipe, stage, config overrides, processor overrides) fitting the tiny models
-    "reef": ("instructblip_video", "msvd_qa", "main", {"num_selected_tokens": 4, "memory_bank_length": 2},
-             {"num_frames": 4}),
-    "dynfocus": ("instructblip_video", "default", "stage2",
-                 {"num_pooled_tokens": 4, "num_events": 2, "event_knn": 1, "spatial_clusters": [4, 2],
-                  "spatial_knn": [2, 1]}, {"sampler": {"type": "uniform", "num_frames": 4}}),
-    "compact": ("llava_onevision", "stage1", None, {"num_frames": 4}, {"num_frames": 4}),
-}  # fmt: skip
+SETTINGS = {m: TINY_METHODS[m] for m in ("reef", "dynfocus", "compact")}
 RUN = ["max_steps=2", "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "save_steps=2",
        "warmup_steps=0", "report_to=none", "disable_tqdm=true", "logging_steps=1"]  # fmt: skip
 
