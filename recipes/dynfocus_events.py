@@ -71,6 +71,10 @@ class EventSettings:
     # then gets little gradient (event recall 0.1-0.2 after 900 steps, seed 0); from 0.2 it rose to 0.33 at 450 steps.
     topk_sigma: float = 0.2
     final_sigma: float = 0.05
+    # > 0: first train this long with every event kept (K = L: each event's key frame gets its fine tokens), so that
+    # the language side learns to read the corners before Dynamic Selection chooses (as REEF's needle task does with
+    # its initial all-token stage); the all-frames model then trains `initial_steps + steps` too.
+    initial_steps: int = 0
     seed: int = 0
     progress: bool = False
 
@@ -154,12 +158,10 @@ class _Task:
         inputs = dict(pixel_values=clip_pixels(videos), qformer_input_ids=self.qformer_ids[torch.as_tensor(asked)])
         return model(**inputs, input_ids=ids).logits[:, -1, self.label_ids], inputs
 
-    def train(self, model, name: str) -> None:
+    def train(self, model, name: str, steps: int) -> None:
         """AdamW on every parameter; sigma of the perturbed top-K annealed linearly to `final_sigma`."""
         (train_x, train_y, _, train_asked), _ = self.data
-        train_label_task(
-            model, self._logits, train_x, train_y, self.settings.steps, self.settings, name, extra=train_asked
-        )
+        train_label_task(model, self._logits, train_x, train_y, steps, self.settings, name, extra=train_asked)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
@@ -199,12 +201,17 @@ def run_events(settings: EventSettings | None = None, all_frames: bool = True) -
     )
     task = _Task(settings, data, tokenizer, qformer_tokenizer)
     selected = _model(settings, all_frames=False, tokenizer=tokenizer)
-    task.train(selected, f"DynFocus (K={selected.config.num_key_frames(settings.frames)} of {settings.events})")
+    if settings.initial_steps:
+        keep_ratio, selected.config.event_keep_ratio = selected.config.event_keep_ratio, 1.0  # K = L: all kept
+        task.train(selected, f"initial stage (all {settings.events} events kept)", settings.initial_steps)
+        selected.config.event_keep_ratio = keep_ratio
+    keep = selected.config.num_key_frames(settings.frames)
+    task.train(selected, f"DynFocus (K={keep} of {settings.events})", settings.steps)
     ours = task.evaluate(selected)
     full_accuracy, full_tokens = None, None
     if all_frames:
         full = _model(settings, all_frames=True, tokenizer=tokenizer)
-        task.train(full, "all frames at 40 tokens")
+        task.train(full, "all frames at 40 tokens", settings.initial_steps + settings.steps)
         full_accuracy = task.evaluate(full)["accuracy"]
         full_tokens = full.config.num_video_tokens(settings.frames)
     return {
@@ -219,6 +226,7 @@ def run_events(settings: EventSettings | None = None, all_frames: bool = True) -
         "tokens_selected": selected.config.num_video_tokens(settings.frames),
         "tokens_all_frames": full_tokens,
         "chance_event_recall": _chance_recall(settings.events, selected.config.num_key_frames(settings.frames)),
+        "initial_steps": settings.initial_steps,
         "steps": settings.steps,
     }
 
