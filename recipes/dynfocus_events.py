@@ -182,9 +182,13 @@ class _Task:
         return {
             "accuracy": float(right.mean()),
             "event_recall": float(kept[needle].mean()) if needle.any() else math.nan,
-            "accuracy_by_answer": {n: round(float(right[test_y == i].mean()), 3) for i, n in enumerate(LABELS)},
+            "accuracy_by_answer": {  # answers present among the test videos only
+                n: round(float(right[test_y == i].mean()), 3) for i, n in enumerate(LABELS) if (test_y == i).any()
+            },
             "event_recall_by_answer": {
-                n: round(float(kept[needle & (test_y == i)].mean()), 3) for i, n in enumerate(LABELS[:-1])
+                n: round(float(kept[needle & (test_y == i)].mean()), 3)
+                for i, n in enumerate(LABELS[:-1])
+                if (needle & (test_y == i)).any()
             },
         }
 

@@ -43,3 +43,23 @@ def test_scenes_are_the_t_dpc_clusters_of_the_frames():
     result = dpc_knn(pooled, settings.events, settings.frames_per_event - 1, center_order="position")
     scene = torch.arange(settings.frames) // settings.frames_per_event
     assert torch.equal(result.assign, scene.expand(8, -1))
+
+
+def test_initial_stage_keeps_every_event_then_selects(monkeypatch):
+    import videoadapt.recipes.dynfocus_events as events_module
+
+    stages = []
+    real = events_module.train_label_task
+
+    def recording(model, logits_fn, videos, labels, steps, settings, name, extra=None):
+        stages.append((name, steps, model.config.num_key_frames(videos.shape[1]), model.config.num_events))
+        return real(model, logits_fn, videos, labels, steps, settings, name, extra)
+
+    monkeypatch.setattr(events_module, "train_label_task", recording)
+    settings = EventSettings(events=4, keep_ratio=0.5, train_videos=4, test_videos=4, batch_size=2, initial_steps=2,
+                             steps=1, topk_num_samples=4)  # fmt: skip
+    result = events_module.run_events(settings, all_frames=True)
+    # the selected model: first K = L = 4 (every event's key frame), then K = 2; the all-frames model (L = K = T = 8)
+    # trains as many steps in all
+    assert [(steps, k, events) for _, steps, k, events in stages] == [(2, 4, 4), (1, 2, 4), (3, 8, 8)]
+    assert result["key_frames"] == 2 and result["initial_steps"] == 2 and result["steps"] == 1
