@@ -1,5 +1,6 @@
-"""DynFocus' event task data (the learning run is bench/dynfocus_events.py): 8-scene videos where one or two scenes
-show four corner squares and the question names the corner that holds the answer, and T-DPC recovers the scenes."""
+"""DynFocus' event task (the full learning run is bench/dynfocus_events.py): 8-scene videos where one or two scenes
+show four corner squares and the question names the corner that holds the answer, T-DPC recovers the scenes, and the
+optional initial stage keeps every event before Dynamic Selection chooses."""
 
 import numpy as np
 import torch
