@@ -156,32 +156,6 @@ class DynFocusForConditionalGeneration(
 
     # ----------------------------------------------------------------------------------------- video features
 
-    def _check_frame_inputs(self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None) -> tuple:
-        """(B, T) of exactly one of `pixel_values` [B, T, 3, H, W] and `vision_features` [B, T, 1+N, C]."""
-        if (pixel_values is None) == (vision_features is None):
-            got = "both" if pixel_values is not None else "neither"
-            raise ValueError(
-                "pass exactly one of `pixel_values` [B, T, 3, H, W] (the frames) and `vision_features` [B, T, L, C] "
-                f"(the frozen vision encoder's output per frame, before `post_layernorm`), got {got}."
-            )
-        if pixel_values is not None:
-            if pixel_values.ndim != 5 or pixel_values.shape[1] < 1:
-                raise ValueError(
-                    f"`pixel_values` must be [B, T, 3, H, W] with T >= 1 frames, got {tuple(pixel_values.shape)}."
-                )
-            return tuple(pixel_values.shape[:2])
-        vision = self.config.vision_config
-        tokens, width = (vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size
-        shape = tuple(vision_features.shape)
-        if len(shape) != 4 or shape[1] < 1 or shape[2:] != (tokens, width):
-            raise ValueError(
-                f"`vision_features` must be [B, T, L, C] with T >= 1 frames, L = {tokens} tokens per frame (CLS + "
-                f"(image_size / patch_size)^2 patches) and C = {width} (the vision hidden size), got {shape}; extract "
-                "them with `METHODS['dynfocus'].feature_encoder(model, "
-                "processor)` (videoadapt.recipes.training)."
-            )
-        return tuple(vision_features.shape[:2])
-
     def get_video_features(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -197,6 +171,8 @@ class DynFocusForConditionalGeneration(
         `videoadapt.recipes.training.Method.feature_encoder`)."""
         config = self.config
         batch, frames = self._check_frame_inputs(pixel_values, vision_features)
+        if frames < 1:
+            raise ValueError(f"DynFocus needs T >= 1 frames per video, got {frames}; pass at least one frame.")
         if frames > config.max_frames:
             raise ValueError(f"videos may have at most `max_frames` = {config.max_frames} frames, got {frames}.")
         if qformer_input_ids is None:

@@ -15,6 +15,31 @@ class VisionFeaturesMixin:
     `get_video_features(..., vision_features=)` and `prompt_video_tokens(num_frames)`: how many `<video>` tokens a
     prompt-less `generate` starts with."""
 
+    def _check_frame_inputs(self, pixel_values: torch.Tensor | None, vision_features: torch.Tensor | None) -> tuple:
+        """(B, T) of exactly one of `pixel_values` [B, T, 3, H, W] and `vision_features` [B, T, 1+P, C]."""
+        if (pixel_values is None) == (vision_features is None):
+            got = "both" if pixel_values is not None else "neither"
+            raise ValueError(
+                "pass exactly one of `pixel_values` [B, T, 3, H, W] (the frames) and `vision_features` [B, T, L, C] "
+                f"(the frozen vision encoder's output per frame, before `post_layernorm`), got {got}."
+            )
+        if pixel_values is not None:
+            if pixel_values.ndim != 5:
+                raise ValueError(
+                    f"`pixel_values` must be [B, T, 3, H, W] (a batch of videos), got {tuple(pixel_values.shape)}."
+                )
+            return tuple(pixel_values.shape[:2])
+        vision = self.config.vision_config
+        tokens, width = (vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size
+        if vision_features.ndim != 4 or tuple(vision_features.shape[2:]) != (tokens, width):
+            method = self.config.model_type.removeprefix("videoadapt_")
+            raise ValueError(
+                f"`vision_features` must be [B, T, L, C] with L = {tokens} tokens per frame (CLS + (image_size / "
+                f"patch_size)^2 patches) and C = {width} (the vision hidden size), got {tuple(vision_features.shape)}; "
+                f"extract them with `METHODS['{method}'].feature_encoder(model, processor)` (videoadapt.recipes.training)."
+            )
+        return tuple(vision_features.shape[:2])
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,

@@ -198,33 +198,29 @@ class _Task:
         """Accuracy, and the share of needle frames whose needle cell is among the kept tokens (hard top-K)."""
         _, (test_x, test_y, test_cells) = self.data
         model.eval()
-        correct, hits, needle_frames = 0, 0, 0
-        by_label = {label: [0, 0, 0, 0] for label in LABELS}  # correct, videos, needle hits, needle frames
+        right = np.zeros(len(test_y), dtype=bool)  # per video
+        hits = np.zeros(test_cells.shape, dtype=bool)  # per frame: its needle cell was kept
+        selects = False  # the all-token model keeps every token and reports no selection
         for start in range(0, len(test_y), 32):
             chunk = slice(start, start + 32)
             logits, inputs = self._logits(model, test_x[chunk])
-            right = logits.argmax(-1).numpy() == test_y[chunk]
-            correct += int(right.sum())
+            right[chunk] = logits.argmax(-1).numpy() == test_y[chunk]
             selected = model.get_video_features(**inputs).selected_indices
-            frame_hits = None
             if selected is not None:
+                selects = True
                 cells = torch.as_tensor(test_cells[chunk])  # [b, T], -1 where the frame has no needle
-                present = cells >= 0
-                frame_hits = (selected == cells[..., None]).any(-1) & present
-                hits += int(frame_hits.sum())
-                needle_frames += int(present.sum())
-            for i, label in enumerate(test_y[chunk]):
-                counts = by_label[LABELS[label]]
-                counts[0] += int(right[i])
-                counts[1] += 1
-                if frame_hits is not None:
-                    counts[2] += int(frame_hits[i].sum())
-                    counts[3] += int((test_cells[chunk][i] >= 0).sum())
+                hits[chunk] = ((selected == cells[..., None]).any(-1) & (cells >= 0)).numpy()
+        present = test_cells >= 0
+        answers = [(name, test_y == i) for i, name in enumerate(LABELS) if (test_y == i).any()]
         return {
-            "accuracy": correct / len(test_y),
-            "needle_recall": hits / needle_frames if needle_frames else math.nan,
-            "accuracy_by_answer": {k: round(c[0] / c[1], 4) for k, c in by_label.items() if c[1]},
-            "needle_recall_by_answer": {k: round(c[2] / c[3], 4) for k, c in by_label.items() if c[3]},
+            "accuracy": float(right.mean()),
+            "needle_recall": float(hits.sum() / present.sum()) if selects and present.any() else math.nan,
+            "accuracy_by_answer": {name: round(float(right[rows].mean()), 4) for name, rows in answers},
+            "needle_recall_by_answer": {
+                name: round(float(hits[rows].sum() / present[rows].sum()), 4)
+                for name, rows in answers
+                if selects and present[rows].any()
+            },
         }
 
 
