@@ -15,12 +15,11 @@ from videoadapt.cli import main
 from videoadapt.modeling_pave import PaveForConditionalGeneration
 from videoadapt.processors.processing_pave import PaveProcessor
 from videoadapt.processors.sampling import UniformSampler
-from videoadapt.processors.side_channels import SideChannelFeatures
-from videoadapt.processors.synthetic import random_spec, write_synthetic_video
 from videoadapt.recipes.extract import FrameFeatureEncoder
 from videoadapt.recipes.manifest import write_manifest
 from videoadapt.recipes.training import METHODS
 from videoadapt.testing.tiny_methods import TINY_METHODS
+from videoadapt.testing.toy_clips import write_toy_clips
 
 
 QUESTION = "what color is the circle?"
@@ -31,14 +30,8 @@ BUILDS = {m: TINY_METHODS[m] for m in ("reef", "dynfocus", "compact")}
 def data(tmp_path_factory) -> Path:
     """2 short videos with audio-like side-channel features and a manifest with 2 train rows."""
     root = tmp_path_factory.mktemp("cli_data")
-    rows = []
-    for i in range(2):
-        spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)
-        write_synthetic_video(root / f"v{i}.mp4", spec)
-        features = torch.randn(2, 1, 1, 8, generator=torch.Generator().manual_seed(i))
-        SideChannelFeatures("audio", features, torch.tensor([0.5, 1.5])).save(root / f"a{i}.safetensors")
-        rows.append({"id": f"train/{i}", "split": "train", "video": f"v{i}.mp4", "question": QUESTION,
-                     "answers": [["red", "blue"][i]], "side_channels": {"audio": f"a{i}.safetensors"}})  # fmt: skip
+    rows = [{"id": f"train/{i}", "split": "train", **clip, "question": QUESTION, "answers": [["red", "blue"][i]]}
+            for i, clip in enumerate(write_toy_clips(root, 2))]  # fmt: skip
     write_manifest(rows, root / "data.jsonl")
     return root
 

@@ -70,20 +70,13 @@ save_file({"logits": logits.contiguous()}, out, metadata={"imported": json.dumps
 def write_tiny_manifest(root: str | Path, rows: int = 2) -> Path:
     """`rows` test rows on short synthetic videos, each with 8-d audio-like side-channel features; returns the
     manifest path (`root/data.jsonl`)."""
-    from videoadapt.processors.side_channels import SideChannelFeatures
-    from videoadapt.processors.synthetic import random_spec, write_synthetic_video
     from videoadapt.recipes.manifest import write_manifest
+    from videoadapt.testing.toy_clips import write_toy_clips
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(rows):
-        spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)
-        write_synthetic_video(root / f"v{i}.mp4", spec)
-        features = torch.randn(2, 1, 1, 8, generator=torch.Generator().manual_seed(i))
-        SideChannelFeatures("audio", features, torch.tensor([0.5, 1.5])).save(root / f"a{i}.safetensors")
-        records.append({"id": f"test/{i}", "split": "test", "video": f"v{i}.mp4", "question": "what color is it?",
-                        "answers": ["red"], "side_channels": {"audio": f"a{i}.safetensors"}})  # fmt: skip
+    clips = write_toy_clips(root, rows)
+    records = [{"id": f"test/{i}", "split": "test", **clip, "question": "what color is it?", "answers": ["red"]}
+               for i, clip in enumerate(clips)]  # fmt: skip
     write_manifest(records, root / "data.jsonl")
     return root / "data.jsonl"
 

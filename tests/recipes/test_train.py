@@ -11,12 +11,11 @@ import torch
 from transformers import set_seed
 
 from videoadapt.processors.sampling import SegmentSampler, UniformSampler
-from videoadapt.processors.side_channels import SideChannelFeatures
-from videoadapt.processors.synthetic import random_spec, write_synthetic_video
 from videoadapt.processors.video_io import load_video
 from videoadapt.recipes.manifest import load_manifest, write_manifest
 from videoadapt.recipes.train import RunOptions, main, parse_overrides, train
 from videoadapt.recipes.training import IGNORE_INDEX, METHODS, STAGING_PREFIX, SFTCollator, method_of
+from videoadapt.testing.toy_clips import write_toy_clips
 
 
 FAST = ["max_steps=2", "per_device_train_batch_size=2", "gradient_accumulation_steps=1", "save_steps=1",
@@ -38,14 +37,8 @@ def manifest(tmp_path_factory) -> Path:
     """4 short videos (24 frames at 12 fps) with audio-like side-channel features, one row with a segment; a
     validation row."""
     root = tmp_path_factory.mktemp("data")
-    rows = []
-    for i in range(4):
-        spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)
-        write_synthetic_video(root / f"v{i}.mp4", spec)
-        features = torch.randn(2, 1, 1, 8, generator=torch.Generator().manual_seed(i))
-        SideChannelFeatures("audio", features, torch.tensor([0.5, 1.5])).save(root / f"a{i}.safetensors")
-        rows.append({"id": f"train/{i}", "split": "train", "video": f"v{i}.mp4", "question": "what color is the circle?",
-                     "answers": [["red", "green", "blue", "yellow"][i]], "side_channels": {"audio": f"a{i}.safetensors"}})  # fmt: skip
+    rows = [{"id": f"train/{i}", "split": "train", **clip, "question": "what color is the circle?",
+             "answers": [["red", "green", "blue", "yellow"][i]]} for i, clip in enumerate(write_toy_clips(root, 4))]  # fmt: skip
     rows[1]["timestamps"] = [0.5, 1.5]
     rows.append({**rows[0], "id": "val/0", "split": "validation"})
     write_manifest(rows, root / "data.jsonl")

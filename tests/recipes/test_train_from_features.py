@@ -14,13 +14,13 @@ from transformers import set_seed
 
 from videoadapt.cli import main as cli_main
 from videoadapt.processors.side_channels import SideChannelFeatures
-from videoadapt.processors.synthetic import random_spec, write_synthetic_video
 from videoadapt.recipes.evaluate import EvalOptions, evaluate
 from videoadapt.recipes.extract import extract_features
 from videoadapt.recipes.manifest import load_manifest, write_manifest
 from videoadapt.recipes.train import RunOptions, main, train
 from videoadapt.recipes.training import METHODS, SFTCollator, load_feature_rows
 from videoadapt.testing.tiny_methods import TINY_METHODS
+from videoadapt.testing.toy_clips import write_toy_clips
 
 
 FROZEN_TOWER = ("reef", "dynfocus", "compact")
@@ -50,15 +50,8 @@ def command_line(method: str, checkpoints: dict) -> list[str]:
 def manifest(tmp_path_factory) -> Path:
     """4 short videos (24 frames at 12 fps) with side-channel files; row 1 asks about a segment."""
     root = tmp_path_factory.mktemp("data")
-    rows = []
-    for i in range(4):
-        spec = random_spec(seed=i, num_frames=24, fps=12.0, width=64, height=48, num_cuts=1, with_audio=False)
-        write_synthetic_video(root / f"v{i}.mp4", spec)
-        features = torch.randn(2, 1, 1, 8, generator=torch.Generator().manual_seed(i))
-        SideChannelFeatures("audio", features, torch.tensor([0.5, 1.5])).save(root / f"a{i}.safetensors")
-        rows.append({"id": f"toy/train/{i}", "split": "train", "video": f"v{i}.mp4", "task": "qa",
-                     "question": "what color is the circle?", "answers": [["red", "green", "blue", "yellow"][i]],
-                     "side_channels": {"audio": f"a{i}.safetensors"}})  # fmt: skip
+    rows = [{"id": f"toy/train/{i}", "split": "train", **clip, "task": "qa", "question": "what color is the circle?",
+             "answers": [["red", "green", "blue", "yellow"][i]]} for i, clip in enumerate(write_toy_clips(root, 4))]  # fmt: skip
     rows[1]["timestamps"] = [0.5, 1.5]
     write_manifest(rows, root / "data.jsonl")
     return root / "data.jsonl"
