@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ logger = logging.get_logger(__name__)
 
 TINY_FAMILIES = ("llava_onevision", "llava_next_video", "video_llava", "instructblip_video", "instructblip")
 COMPLETE_MARKER = "tiny_checkpoint.json"  # written last; its presence means the folder is complete
-FORMAT_VERSION = 1  # bump when the sizes or files change, so cached folders are rebuilt
+FORMAT_VERSION = 2  # bump when the sizes or files change, so cached folders are rebuilt
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8  # 4x4 patches per frame
 NUM_QUERY_TOKENS = 4
@@ -125,21 +126,41 @@ def build_tiny_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFas
     )
 
 
+def _wordpiece_vocab(vocab_size: int, specials: list[str]) -> dict[str, int]:
+    """Specials, every corpus character (word-initial and `##` continuation), then whole words by count.
+
+    Built here instead of by `tokenizers.trainers.WordPieceTrainer`, whose vocabulary (token set and ids)
+    changes from process to process: a model trained on its ids is then not reproducible across runs.
+    """
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(
+        word for line in _corpus() for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
+    )
+    chars = sorted({char for word in words for char in word})
+    pieces = [*specials, *chars, *(f"##{char}" for char in chars)]
+    if len(pieces) > vocab_size:
+        raise ValueError(f"vocab_size must be >= {len(pieces)} (specials + characters), got {vocab_size}.")
+    whole = sorted((word for word in words if len(word) > 1), key=lambda word: (-words[word], word))
+    return {token: index for index, token in enumerate(pieces + whole[: vocab_size - len(pieces)])}
+
+
 def build_qformer_tokenizer(vocab_size: int = QFORMER_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """BERT-style lower-cased WordPiece (`[CLS] text [SEP]`) for the InstructBLIP Q-Former instruction."""
+    """BERT-style lower-cased WordPiece (`[CLS] text [SEP]`) for the InstructBLIP Q-Former instruction.
+
+    The vocabulary is a pure function of `_corpus()` and `vocab_size`: the same ids in every process.
+    """
     specials = list(QFORMER_SPECIAL_TOKENS.values())  # [PAD] gets id 0, the Q-Former's pad_token_id
-    tokenizer = Tokenizer(models.WordPiece(unk_token=QFORMER_SPECIAL_TOKENS["unk_token"]))
+    vocab = _wordpiece_vocab(vocab_size, specials)
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=QFORMER_SPECIAL_TOKENS["unk_token"]))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(
-        _corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    )
+    tokenizer.add_special_tokens(specials)
     cls, sep = QFORMER_SPECIAL_TOKENS["cls_token"], QFORMER_SPECIAL_TOKENS["sep_token"]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}",
         pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **QFORMER_SPECIAL_TOKENS)
 
@@ -186,7 +207,7 @@ def _blip_parts(tokenizer: PreTrainedTokenizerFast) -> dict:
     """Vision, Q-Former and LLaMA sub-configs shared by both InstructBLIP families."""
     return {
         "vision_config": {**VISION, "initializer_range": 0.02},  # the default 1e-10 gives constant features
-        "qformer_config": {**QFORMER, "vocab_size": QFORMER_VOCAB_SIZE},  # >= the trained WordPiece size
+        "qformer_config": {**QFORMER, "vocab_size": QFORMER_VOCAB_SIZE},  # >= the WordPiece vocabulary size
         "text_config": _text_config("llama", tokenizer),
         "num_query_tokens": NUM_QUERY_TOKENS,
     }

@@ -1,6 +1,8 @@
 """Tiny checkpoints: real classes loaded from disk, matching token ids, exact placeholder counts, determinism, cache."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from videoadapt.testing.tiny_models import (
     COMPLETE_MARKER,
     TINY_FAMILIES,
     build_all_tiny_checkpoints,
+    build_qformer_tokenizer,
     build_tiny_checkpoint,
     build_tiny_tokenizer,
     num_video_tokens,
@@ -162,6 +165,45 @@ def test_tokenizer_special_tokens_and_chat_template():
     assert prompt == "<s>user: <video>what color is it?</s>\nassistant: "
     assert tokenizer("<video><video> red").input_ids[:2] == [tokenizer.video_token_id] * 2
     assert tokenizer.decode(tokenizer("a red square moves left.").input_ids) == "a red square moves left."
+
+
+def test_qformer_tokenizer_is_bert_style_wordpiece():
+    tokenizer = build_qformer_tokenizer()
+    assert [tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id] == [0, 1, 2]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("Is the RED circle moving up?").input_ids)
+    # corpus words are whole tokens; an unseen word falls back to its characters
+    assert tokens == [
+        "[CLS]",
+        "is",
+        "the",
+        "red",
+        "circle",
+        "m",
+        "##o",
+        "##v",
+        "##i",
+        "##n",
+        "##g",
+        "up",
+        "?",
+        "[SEP]",
+    ]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("~").input_ids) == ["[CLS]", "[UNK]", "[SEP]"]
+    assert len(tokenizer) <= tiny_models.QFORMER_VOCAB_SIZE
+
+
+def test_tokenizers_are_identical_across_processes():
+    # tokenizers' WordPieceTrainer gave a different vocabulary in every process, so models trained on its
+    # ids (the REEF and DynFocus learning tests) were not reproducible from one run to the next
+    script = (
+        "import hashlib\n"
+        "from videoadapt.testing.tiny_models import build_qformer_tokenizer, build_tiny_tokenizer\n"
+        "for build in (build_qformer_tokenizer, build_tiny_tokenizer):\n"
+        "    print(hashlib.sha256(build().backend_tokenizer.to_str().encode()).hexdigest())\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True) for _ in "ab"]
+    assert runs[0].stdout == runs[1].stdout
+    assert len(runs[0].stdout.split()) == 2
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
