@@ -27,7 +27,7 @@ from transformers.utils import logging
 from videoadapt.model_cards import check_card_info, is_hub_id, model_card
 
 
-__all__ = ["CARD_NAME", "VideoadaptHubMixin", "read_card_info"]
+__all__ = ["CARD_NAME", "VideoadaptHubMixin", "read_card_info", "upload_folder"]
 
 logger = logging.get_logger(__name__)
 
@@ -92,6 +92,33 @@ def _tag_list(tags: Any) -> list[str]:
     if not all(isinstance(tag, str) and tag for tag in tags):
         raise TypeError(f"`tags` must be a list of non-empty strings, got {tags!r}; e.g. tags=['audio', 'avqa'].")
     return tags
+
+
+def upload_folder(
+    api: HfApi,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str,
+    token: bool | str | None = None,
+    commit_description: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """`HfApi.upload_folder` of `folder` as it is, in one commit; a `revision` that is a branch name is created first
+    (from main) when missing, as transformers' `push_to_hub` does."""
+    if revision is not None and not revision.startswith("refs/pr"):
+        api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
+    logger.info(f"Uploading {folder} to {repo_id} ({sorted(os.listdir(folder))}).")
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message,
+        commit_description=commit_description,
+        token=token,
+        revision=revision,
+        create_pr=create_pr,
+    )
 
 
 class VideoadaptHubMixin:
@@ -191,15 +218,13 @@ class VideoadaptHubMixin:
         revision: str | None = None,
         create_pr: bool = False,
     ) -> CommitInfo:
-        if revision is not None and not revision.startswith("refs/pr"):  # a new branch, as transformers does
-            api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
-        logger.info(f"Uploading {folder} to {repo_id} ({sorted(os.listdir(folder))}).")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
+        return upload_folder(
+            api,
+            folder,
+            repo_id,
+            token=token,
             commit_message=commit_message or f"Upload {type(self).__name__}",
             commit_description=commit_description,
-            token=token,
             revision=revision,
             create_pr=create_pr,
         )

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchRepoConfig
+from videoadapt.hub_mixin import upload_folder
 
 
 __all__ = [
@@ -204,7 +205,8 @@ def push_patch_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
 ):
-    """Upload patch `name` of `model` alone as the repository `repo_id` (created if needed); returns the CommitInfo.
+    """Upload patch `name` of `model` alone as the repository `repo_id` (created if needed; a branch `revision` too);
+    returns the CommitInfo.
 
     The repository then loads with `AutoModelForImageTextToText.from_pretrained(repo_id)` or `model.load_patch`.
     """
@@ -212,9 +214,11 @@ def push_patch_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
         model.save_patch(name, tmp, repo_id=repo_id)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
+        return upload_folder(
+            api,
+            tmp,
+            repo_id,
+            token=token,
             commit_message=commit_message or f"Upload PAVE patch {name}",
             commit_description=commit_description,
             revision=revision,

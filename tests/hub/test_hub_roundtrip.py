@@ -1,6 +1,7 @@
 """Hub round trips against the local fake Hub, with the real client over real HTTP: every full model and processor,
 a PAVE patch alone, one-line loading of a patch repository with revision pinning, and the errors a user meets."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -131,6 +132,22 @@ def test_a_patch_repo_loads_in_one_line_with_its_pinned_base(patch_repo, hub, ma
     # the same patch on the base's moved main: different outputs, so the pin above is what made them equal
     assert isinstance(results["patch_v1"], torch.Tensor), results["patch_v1"]
     assert not torch.allclose(results["patch_v1"], patch_repo["v1"])
+
+
+def test_a_patch_pushed_to_a_new_branch_creates_it_and_leaves_main(patch_repo, hub, manifest, tiny_checkpoints):
+    api = HfApi()
+    main = api.model_info(PATCH_REPO).sha
+    model = copy.deepcopy(patch_repo["model"])
+    randomize(model, "patches.", seed=4)
+    dev = method_logits(model, patch_repo["processor"], "pave", "pave/avsd", str(manifest))
+    model.push_patch_to_hub(PATCH, PATCH_REPO, revision="dev", commit_message="dev patch")  # no "dev" branch yet
+    assert "dev" in {branch.name for branch in api.list_repo_refs(PATCH_REPO).branches}
+    assert api.model_info(PATCH_REPO).sha == main
+    assert api.list_repo_commits(PATCH_REPO, revision="dev")[0].title == "dev patch"
+    loaded = PaveForConditionalGeneration.from_pretrained(tiny_checkpoints["llava_onevision"])
+    loaded.load_patch(PATCH_REPO, revision="dev")
+    logits = method_logits(loaded, patch_repo["processor"], "pave", "pave/avsd", str(manifest))
+    assert torch.equal(logits, dev) and not torch.equal(dev, patch_repo["v2"])
 
 
 def test_hub_errors_are_named_and_leave_nothing_half_written(patch_repo, hub, manifest, tiny_checkpoints, tmp_path):
