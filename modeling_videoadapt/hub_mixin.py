@@ -170,7 +170,8 @@ class VideoadaptHubMixin:
         name = push.pop("repo_id", None) or Path(save_directory).resolve().name
         repo_id = api.create_repo(name, private=push.pop("private", None), token=token, exist_ok=True).repo_id
         self.save_card(save_directory, tags=push.pop("tags", None), repo_id=repo_id)
-        self._upload(api, save_directory, repo_id, token=token, **push)
+        message = push.pop("commit_message", None) or f"Upload {type(self).__name__}"
+        upload_folder(api, save_directory, repo_id, token=token, commit_message=message, **push)
 
     def _writes_files(self, is_main_process: bool) -> bool:
         """Whether this process writes files (the main process; rank 0 of a distributed run)."""
@@ -205,26 +206,13 @@ class VideoadaptHubMixin:
         with tempfile.TemporaryDirectory() as tmp:
             super().save_pretrained(tmp, max_shard_size=max_shard_size)
             self.save_card(tmp, tags=tags, repo_id=repo_id)
-            return self._upload(api, tmp, repo_id, token, commit_message, commit_description, revision, create_pr)
-
-    def _upload(
-        self,
-        api: HfApi,
-        folder: str | os.PathLike,
-        repo_id: str,
-        token: bool | str | None = None,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-    ) -> CommitInfo:
-        return upload_folder(
-            api,
-            folder,
-            repo_id,
-            token=token,
-            commit_message=commit_message or f"Upload {type(self).__name__}",
-            commit_description=commit_description,
-            revision=revision,
-            create_pr=create_pr,
-        )
+            return upload_folder(
+                api,
+                tmp,
+                repo_id,
+                token=token,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+                commit_description=commit_description,
+                revision=revision,
+                create_pr=create_pr,
+            )
