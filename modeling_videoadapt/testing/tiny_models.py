@@ -126,13 +126,17 @@ def build_tiny_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFas
     )
 
 
-def _wordpiece_vocab(vocab_size: int, specials: list[str]) -> dict[str, int]:
+def _wordpiece_vocab(
+    vocab_size: int,
+    specials: list[str],
+    normalizer: normalizers.Normalizer,
+    pre_tokenizer: pre_tokenizers.PreTokenizer,
+) -> dict[str, int]:
     """Specials, every corpus character (word-initial and `##` continuation), then whole words by count.
 
     Built here instead of by `tokenizers.trainers.WordPieceTrainer`, whose vocabulary (token set and ids)
     changes from process to process: a model trained on its ids is then not reproducible across runs.
     """
-    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     words = Counter(
         word for line in _corpus() for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
     )
@@ -150,10 +154,10 @@ def build_qformer_tokenizer(vocab_size: int = QFORMER_VOCAB_SIZE) -> PreTrainedT
     The vocabulary is a pure function of `_corpus()` and `vocab_size`: the same ids in every process.
     """
     specials = list(QFORMER_SPECIAL_TOKENS.values())  # [PAD] gets id 0, the Q-Former's pad_token_id
-    vocab = _wordpiece_vocab(vocab_size, specials)
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    vocab = _wordpiece_vocab(vocab_size, specials, normalizer, pre_tokenizer)
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=QFORMER_SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
     tokenizer.add_special_tokens(specials)
     cls, sep = QFORMER_SPECIAL_TOKENS["cls_token"], QFORMER_SPECIAL_TOKENS["sep_token"]
