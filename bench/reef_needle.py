@@ -1,6 +1,6 @@
 """REEF's needle task: spatial top-K at 25% of the tokens vs all tokens, and whether the top-K finds the needle.
 
-    python bench/reef_needle.py [--steps 1600] [--initial-steps 1600] [--train-videos 512] [--test-videos 128] [--seed 0]
+    python bench/reef_needle.py [--steps 1600] [--initial-steps 1600] [--train-videos 512] [--test-videos 128] [--seed 0] [--width 64]
 
 Synthetic 20-frame videos (noisy grey frames with faint distractors); a small coloured square aligned to one of the
 16 patch cells appears in only 2-3 frames at random positions, and the question asks for its colour (4 colours, or "no" in a fifth of the videos, which have no square). A
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--topk-samples", type=int, default=defaults.topk_num_samples)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--width", type=int, default=defaults.width, help="channels of the tiny vision tower and Q-Former"
+    )
     parser.add_argument("--initial-steps", type=int, default=defaults.initial_steps,
                         help="first train the all-token model this long and start REEF from it (REEF's initial stage)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     settings = NeedleSettings(
         steps=args.steps, train_videos=args.train_videos, test_videos=args.test_videos, batch_size=args.batch_size,
-        topk_num_samples=args.topk_samples, seed=args.seed, initial_steps=args.initial_steps,
+        topk_num_samples=args.topk_samples, seed=args.seed, initial_steps=args.initial_steps, width=args.width,
     )  # fmt: skip
     start = time.perf_counter()
     result = run_needle(settings)

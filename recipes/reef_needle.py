@@ -75,6 +75,10 @@ class NeedleSettings:
     final_sigma: float = 0.05  # annealing floor: the estimator's variance grows as 1 / sigma
     init_std: float | None = None  # None: 1 / sqrt(width)
     vision_layers: int = 0  # patch embedding only: a token carries its own patch and nothing else
+    # channels of the vision tower and Q-Former. At 32 the all-token model itself never learned blue on seed 0 (blue
+    # 0.46, "no" 0.65 after 1600 steps; 0.80 accuracy after 3200), so REEF had nothing to keep; at 64 it read every
+    # colour after 800 steps (docs/benchmarks.md, session 8)
+    width: int = 64
     seed: int = 0
     progress: bool = False
 
@@ -107,7 +111,7 @@ def make_needle_videos(count: int, frames: int, seed: int) -> tuple[np.ndarray, 
 def _model(
     settings: NeedleSettings, keep: int | None, tokenizer, alpha: float, detach: bool
 ) -> ReefForConditionalGeneration:
-    width = 32
+    width = settings.width
     # std 1/sqrt(width) (Xavier-like) instead of BERT's 0.02, which is made for widths near 768: at width 32 a chain of
     # 0.02-initialised layers leaves the visual path's gradients near 1e-7 and training sits on long plateaus
     init = settings.init_std if settings.init_std else width**-0.5
