@@ -3,7 +3,9 @@ keeping 4 of 16 spatial tokens learns the needle's colour and its spatial top-K 
 
 import numpy as np
 
+from videoadapt.recipes import reef_needle
 from videoadapt.recipes.reef_needle import COLORS, IMAGE, PATCH, NeedleSettings, make_needle_videos, run_needle
+from videoadapt.testing.tiny_models import build_tiny_tokenizer
 
 
 def test_needle_videos_hold_the_answer_in_two_or_three_frames():
@@ -41,3 +43,12 @@ def test_reef_top_k_learns_to_keep_the_needle():
     assert set(result["needle_recall_by_answer"]) == {"red", "green", "blue", "yellow"}  # "no" videos have no needle
     assert set(result["acc_topk25_by_answer"]) <= {"red", "green", "blue", "yellow", "no"}
     assert min(result["needle_recall_by_answer"].values()) >= 0.8, result  # every colour, not just most of them
+
+
+def test_width_sets_the_vision_tower_and_qformer_channels():
+    tokenizer = build_tiny_tokenizer()
+    assert NeedleSettings().width == 64  # the bench's default; the short test above pins 32
+    model = reef_needle._model(NeedleSettings(width=48), 4, tokenizer, alpha=0.7, detach=False)
+    assert model.config.vision_config.hidden_size == model.config.qformer_config.hidden_size == 48
+    assert model.config.num_selected_tokens == 4 and model.config.text_config.hidden_size == 64
+    assert model.config.initializer_range == 48**-0.5
