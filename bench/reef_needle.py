@@ -1,6 +1,6 @@
 """REEF's needle task: spatial top-K at 25% of the tokens vs all tokens, and whether the top-K finds the needle.
 
-    python bench/reef_needle.py [--steps 1600] [--initial-steps 1600] [--train-videos 512] [--test-videos 128] [--seed 0] [--width 64]
+    python bench/reef_needle.py [--steps 1600] [--initial-steps 1600] [--train-videos 512] [--test-videos 128] [--seed 0] [--width 32]
 
 Synthetic 20-frame videos (noisy grey frames with faint distractors); a small coloured square aligned to one of the
 16 patch cells appears in only 2-3 frames at random positions, and the question asks for its colour (4 colours, or "no" in a fifth of the videos, which have no square). A

@@ -75,10 +75,9 @@ class NeedleSettings:
     final_sigma: float = 0.05  # annealing floor: the estimator's variance grows as 1 / sigma
     init_std: float | None = None  # None: 1 / sqrt(width)
     vision_layers: int = 0  # patch embedding only: a token carries its own patch and nothing else
-    # channels of the vision tower and Q-Former. At 32 the all-token model itself never learned blue on seed 0 (blue
-    # 0.46, "no" 0.65 after 1600 steps; 0.80 accuracy after 3200), so REEF had nothing to keep; at 64 it read every
-    # colour after 800 steps (docs/benchmarks.md, session 8)
-    width: int = 64
+    # channels of the vision tower and Q-Former. 64 made the all-token model read every colour on seed 0 (at 32 it
+    # never learned blue there) but REEF worse: recall 0.69-0.75 and accuracy 0.80-0.84 on seeds 0-2 (benchmarks.md)
+    width: int = 32
     seed: int = 0
     progress: bool = False
 
