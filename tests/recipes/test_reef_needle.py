@@ -26,14 +26,7 @@ def test_needle_videos_hold_the_answer_in_two_or_three_frames():
 
 def test_reef_top_k_learns_to_keep_the_needle():
     settings = NeedleSettings(
-        frames=8,
-        memory_bank_length=4,
-        train_videos=512,
-        test_videos=128,
-        initial_steps=0,
-        steps=800,
-        seed=0,
-        width=32,
+        frames=8, memory_bank_length=4, train_videos=512, test_videos=128, initial_steps=0, steps=800, seed=0
     )  # no initial stage: at 8 frames REEF learns every colour from scratch (seeds 0-2: recall 1.0 each)
     result = run_needle(settings, all_tokens=False)
     # chance: accuracy 0.2, needle recall 4/16 = 0.25 for a random top-K. Seeds 0-2 gave accuracy 0.98 / 0.94 / 0.94
@@ -47,7 +40,7 @@ def test_reef_top_k_learns_to_keep_the_needle():
 
 def test_width_sets_the_vision_tower_and_qformer_channels():
     tokenizer = build_tiny_tokenizer()
-    assert NeedleSettings().width == 32  # the bench's default (64 was measured worse, docs/benchmarks.md)
+    assert NeedleSettings().width == 32  # also the short test's; 64 was measured worse
     model = reef_needle._model(NeedleSettings(width=48), 4, tokenizer, alpha=0.7, detach=False)
     assert model.config.vision_config.hidden_size == model.config.qformer_config.hidden_size == 48
     assert model.config.num_selected_tokens == 4 and model.config.text_config.hidden_size == 64
