@@ -158,14 +158,14 @@ class PavePatch(nn.Module):
         self.output_head.norm.weight.zero_()
         self.output_head.norm.bias.zero_()
 
-    def _rotary(self, batch: int, frames: int, query_grid, side_lengths, side_grid):
-        """(cos, sin) for queries [B, T*N, d] and keys [B, Tk*Nk, d], from global positions."""
+    def _rotary(self, batch: int, frames: int, query_grid, side_lengths, side_grid, max_steps: int):
+        """(cos, sin) for queries [B, T*N, d] and keys [B, Tk*Nk, d], from global positions; `max_steps` is the
+        padded Tk (padding steps get positions too: the attention mask hides them)."""
         if self.rotary is None:
             return None, None
         h, w, prefix = query_grid
         hk, wk = side_grid
         device = side_lengths.device
-        max_steps = int(side_lengths.max())
         q_time = torch.stack([query_time_positions(frames, int(n)) for n in side_lengths.tolist()]).to(device)
         k_time = torch.arange(max_steps, device=device)
         if self.config.rope == "1d":
@@ -202,7 +202,7 @@ class PavePatch(nn.Module):
                 raise ValueError("a `3d` patch needs `positions` ([B, Tk, hk, wk, 3] xyz) in its side-channel input.")
             kv = kv + self.position_3d(side_positions.to(dtype))
         kv, kv_lengths = upsample_time(kv.flatten(2, 3), side_lengths, frames)  # (B, max(Tk, T), Nk, E)
-        q_rotary, kv_rotary = self._rotary(batch, frames, query_grid, kv_lengths, (hk, wk))
+        q_rotary, kv_rotary = self._rotary(batch, frames, query_grid, kv_lengths, (hk, wk), kv.shape[1])
         attentions = []
         for layer in self.layers:
             q, attention = layer(q, kv, kv_lengths, q_rotary, kv_rotary, return_attention)
@@ -377,6 +377,10 @@ def _side_input(side_channels, name: str, batch: int, config: PavePatchConfig) -
     lengths = side.get("lengths")
     if lengths is None:
         lengths = torch.full((batch,), features.shape[1], dtype=torch.long, device=features.device)
+    try:  # a list of ints is fine too
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=features.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"side channel {name!r}: `lengths` must be [B] integers, got {lengths!r}.") from exc
     if lengths.shape != (batch,) or int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]:
         raise ValueError(
             f"side channel {name!r}: `lengths` must be [B] with values in [1, {features.shape[1]}], got "

@@ -66,16 +66,21 @@ def _resolve_folder(
 _TMP_PREFIX = ".tmp-patch-"
 
 
-def _atomic_folder_write(directory: Path, write) -> None:
-    """Write every file into a temporary sibling folder, then move each into `directory` with os.replace. Temporary
+def _atomic_folder_write(directory: Path, write, obsolete: tuple[str, ...] = ()) -> None:
+    """Write every file into a temporary sibling folder, then move each into `directory` with os.replace, then
+    remove the files named in `obsolete` that this write did not produce (e.g. an earlier save's LoRA). Temporary
     folders of an earlier write that was killed (SIGKILL skips their clean-up) are removed first."""
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(f"{_TMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=_TMP_PREFIX) as tmp:
         write(Path(tmp))
-        for item in sorted(Path(tmp).iterdir()):
-            os.replace(item, directory / item.name)
+        written = {item.name for item in Path(tmp).iterdir()}
+        for name in sorted(written):
+            os.replace(Path(tmp) / name, directory / name)
+    for name in obsolete:
+        if name not in written:
+            (directory / name).unlink(missing_ok=True)
 
 
 class PavePatchesMixin:
@@ -273,7 +278,7 @@ class PavePatchesMixin:
             (tmp / "README.md").write_text(card)
 
         directory = Path(directory)
-        _atomic_folder_write(directory, write)
+        _atomic_folder_write(directory, write, obsolete=(ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME))
         return directory
 
     def push_patch_to_hub(self, name: str, repo_id: str, **kwargs: Any):
@@ -336,7 +341,14 @@ class PavePatchesMixin:
             for k, v in _read_weights(folder / ADAPTER_WEIGHTS_NAME).items()
         }
         self._add_lora(lora_config, name)
-        result = set_peft_model_state_dict(self, state, adapter_name=name)
+        try:
+            result = set_peft_model_state_dict(self, state, adapter_name=name)
+        except RuntimeError as exc:  # wrong shapes: torch's load_state_dict error
+            self.delete_adapter(name)
+            raise ValueError(
+                f"{folder / ADAPTER_WEIGHTS_NAME} does not match its LoRA config on this model ({exc}); the patch "
+                "folder is corrupt or for another base."
+            ) from exc
         expected = {k for k in self.state_dict() if ".lora_" in k and f".{name}." in k}
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected or len(state) != len(expected):
@@ -422,7 +434,7 @@ def _commit_or_none(revision: str | None) -> str | None:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ValueError(f"{path} not found: a patch folder holds `{PATCH_WEIGHTS_NAME}`.")
+        raise ValueError(f"{path} not found: the patch folder is incomplete (it needs `{path.name}`).")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
 from videoadapt.configuration.configuration_pave import PavePatchConfig, PavePatchRepoConfig
@@ -224,6 +225,11 @@ def test_missing_or_malformed_side_channels(setup):
         logits(model, inputs, {"audio": side_input(dim=23)})
     with pytest.raises(ValueError, match=r"`lengths` must be \[B\] with values in \[1, 7\]"):
         logits(model, inputs, {"audio": {**side_input(), "lengths": torch.tensor([8, 2])}})
+    with pytest.raises(ValueError, match=r"`lengths` must be \[B\] integers, got 'seven'"):
+        logits(model, inputs, {"audio": {**side_input(), "lengths": "seven"}})
+    randomize(model, ["audio"])
+    as_list = logits(model, inputs, {"audio": {**side_input(), "lengths": [7, 3]}})
+    assert torch.equal(as_list, logits(model, inputs, {"audio": side_input()}))
 
 
 def test_patch_for_another_base_is_refused_before_any_weight_changes(setup, tmp_path, tiny_checkpoints, family):
@@ -258,6 +264,43 @@ def test_corrupt_patch_files(setup, tmp_path):
     assert fresh.patch_names == []
 
 
+def test_a_failed_lora_load_leaves_the_model_unchanged(setup, tmp_path):
+    base, model, inputs, checkpoint = setup
+    model.add_patch("audio", model.patch_config_for("audio", 24, **SMALL))
+    randomize(model, ["audio"])
+    good = model.save_patch("audio", tmp_path / "good")
+    bad = model.save_patch("audio", tmp_path / "bad")
+    weights = load_file(bad / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = torch.zeros(weights[first].shape[0] + 1, *weights[first].shape[1:])
+    save_file(weights, bad / "adapter_model.safetensors")
+    fresh = type(model).from_pretrained(checkpoint).eval()
+    with pytest.raises(ValueError, match="adapter_model.safetensors does not match its LoRA config"):
+        fresh.load_patch(bad, name="audio")
+    assert fresh.patch_names == [] and not fresh._lora_names()
+    assert torch.equal(logits(fresh, inputs), logits(base, inputs))  # no LoRA left behind, active or not
+    fresh.load_patch(good, name="audio")  # the name is free again
+    side = {"audio": side_input()}
+    assert torch.equal(logits(fresh, inputs, side), logits(model, inputs, side))
+
+    (good / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="the patch folder is incomplete \\(it needs `adapter_model.safetensors`\\)"):
+        type(model).from_pretrained(checkpoint).load_patch(good)
+
+
+def test_saving_a_patch_without_lora_over_one_with_lora_drops_the_old_lora(setup, tmp_path):
+    _, model, inputs, checkpoint = setup
+    model.add_patch("with_lora", model.patch_config_for("audio", 24, **SMALL))
+    model.add_patch("plain", model.patch_config_for("audio", 24, **SMALL), lora=False)
+    folder = model.save_patch("with_lora", tmp_path / "p")
+    assert (folder / "adapter_model.safetensors").is_file()
+    model.save_patch("plain", folder)
+    assert not (folder / "adapter_model.safetensors").exists() and not (folder / "adapter_config.json").exists()
+    fresh = type(model).from_pretrained(checkpoint)
+    fresh.load_patch(folder, name="plain")
+    assert not fresh._lora_names()
+
+
 def test_patch_names_and_enable_errors(setup):
     _, model, _, _ = setup
     model.add_patch("audio", model.patch_config_for("audio", 24, **SMALL))
@@ -283,6 +326,28 @@ def test_patch_config_validation():
     assert PavePatchConfig(side_channel="audio").rope == "1d" and PavePatchConfig(side_channel="video").rope == "3d"
     official = PavePatchConfig.official(side_channel="3d", side_channel_grid=[24, 24])
     assert (official.rope, official.tie_value_to_key, official.attention_output_projection) == ("none", True, False)
+
+
+@pytest.mark.parametrize("rope", ["1d", "3d", "none"])
+@pytest.mark.parametrize(("steps", "lengths"), [((7, 10), (7, 3)), ((3, 12), (3, 2))])
+def test_side_padding_past_the_longest_sample_changes_nothing(rope, steps, lengths):
+    """Tk zero-padded beyond max(lengths) (a collator padding to a fixed size; the second case is upsampled to T)."""
+    config = PavePatchConfig(
+        side_channel="generic", side_channel_grid=[2, 2], side_channel_dim=8, query_dim=16, output_dim=16, rope=rope,
+        **SMALL,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    patch = PavePatch(config).eval()
+    with torch.no_grad():  # away from the identity init
+        patch.output_head.norm.weight.fill_(1.0)
+    queries = torch.randn(2, 4, 9, 16)
+    tight, padded = steps
+    side = torch.randn(2, tight, 2, 2, 8)
+    side_padded = torch.cat([side, torch.zeros(2, padded - tight, 2, 2, 8)], dim=1)
+    with torch.no_grad():
+        expected = patch(queries, side, torch.tensor(lengths), (3, 3, 0))
+        got = patch(queries, side_padded, torch.tensor(lengths), (3, 3, 0))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_patch_returns_its_attention_maps():
