@@ -71,7 +71,7 @@ class DynFocusConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
             self.spatial_clusters = [16, 6]
         if self.spatial_knn is None:
             self.spatial_knn = [8, 3]
-        self._check_ranges()
+        self.check_ranges()
 
     # ------------------------------------------------------------------------------------------ token budget
 
@@ -102,7 +102,10 @@ class DynFocusConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
             "key_frame_rods": self.key_frame_rods,
         }
 
-    def _check_ranges(self) -> None:
+    def check_ranges(self) -> None:
+        """Raise `ValueError` for values out of range. Also run when a model is built: `from_pretrained` applies
+        keyword overrides after `__post_init__`."""
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)

@@ -74,7 +74,7 @@ class ReefConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
                 f"({vision_width}): the Q-Former cross-attends to the vision features. Set both to the same width."
             )
         super().__post_init__(**kwargs)
-        self._check_ranges()
+        self.check_ranges()
 
     @property
     def num_patches(self) -> int:
@@ -97,7 +97,10 @@ class ReefConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
                 f"(image_size / patch_size)^2), got {k}; lower it or pass None to keep all tokens."
             )
 
-    def _check_ranges(self) -> None:
+    def check_ranges(self) -> None:
+        """Raise `ValueError` for values out of range. Also run when a model is built: `from_pretrained` applies
+        keyword overrides after `__post_init__`."""
+
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
@@ -109,9 +112,7 @@ class ReefConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
         )
         need(self.memory_bank_length >= 1, f"`memory_bank_length` must be >= 1, got {self.memory_bank_length}.")
         need(0.0 <= self.alpha <= 1.0, f"`alpha` must be in [0, 1], got {self.alpha}.")
-        if (
-            self.num_selected_tokens is not None
-        ):  # the upper bound (the token count) is checked by `check_token_budget`
+        if self.num_selected_tokens is not None:  # the upper bound (the token count): `check_token_budget`
             need(
                 self.num_selected_tokens >= 1,
                 f"`num_selected_tokens` must be >= 1 or None, got {self.num_selected_tokens}.",

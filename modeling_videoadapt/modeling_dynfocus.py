@@ -111,6 +111,7 @@ class DynFocusForConditionalGeneration(
     config: DynFocusConfig
 
     def __init__(self, config: DynFocusConfig):
+        config.check_ranges()  # again: `from_pretrained`'s overrides skip `__post_init__`
         super(InstructBlipVideoForConditionalGeneration, self).__init__(config)  # PreTrainedModel set-up only
         width, text_width = config.vision_config.hidden_size, config.text_config.hidden_size
         self.vision_model = InstructBlipVideoVisionModel._from_config(config.vision_config)
@@ -127,11 +128,13 @@ class DynFocusForConditionalGeneration(
 
     # ----------------------------------------------------------------------------------------- per-frame encoding
 
-    def _frame_tokens(self, frames: torch.Tensor, from_features: bool) -> torch.Tensor:
+    def _frame_tokens(self, frames: torch.Tensor, from_features: bool, interpolate_pos_encoding: bool) -> torch.Tensor:
         """Pixels [F, 3, H, W] or vision features [F, 1+N, C] -> the vision tokens [F, 1+N, C] (after
         `post_layernorm`, applied here to features as the vision model applies it)."""
         if not from_features:
-            return self.vision_model(pixel_values=frames).last_hidden_state
+            return self.vision_model(
+                pixel_values=frames, interpolate_pos_encoding=interpolate_pos_encoding
+            ).last_hidden_state
         layer_norm = self.vision_model.post_layernorm
         return layer_norm(frames.to(layer_norm.weight.dtype))
 
@@ -180,6 +183,7 @@ class DynFocusForConditionalGeneration(
                 "DynFocus' coarse context tokens attend with the instruction's Q-Former queries: pass "
                 "`qformer_input_ids` (the question tokenized by the Q-Former tokenizer; an empty question is allowed)."
             )
+        self._check_instruction_rows(qformer_input_ids, batch)
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
         text_ids = qformer_input_ids.repeat_interleave(frames, 0)
@@ -188,7 +192,7 @@ class DynFocusForConditionalGeneration(
         text_mask = qformer_attention_mask.to(flat.device).repeat_interleave(frames, 0)
         parts = [
             self._encode_frames(
-                self._frame_tokens(flat[i : i + FRAME_CHUNK], from_features),
+                self._frame_tokens(flat[i : i + FRAME_CHUNK], from_features, bool(interpolate_pos_encoding)),
                 text_ids[i : i + FRAME_CHUNK],
                 text_mask[i : i + FRAME_CHUNK],
             )

@@ -231,6 +231,7 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, VisionFeaturesMixin, Inst
     config: ReefConfig
 
     def __init__(self, config: ReefConfig):
+        config.check_ranges()  # again: `from_pretrained`'s overrides skip `__post_init__`
         config.check_token_budget()
         super(InstructBlipVideoForConditionalGeneration, self).__init__(config)  # PreTrainedModel set-up only
         self.vision_model = InstructBlipVideoVisionModel._from_config(config.vision_config)
@@ -288,6 +289,7 @@ class ReefForConditionalGeneration(VideoadaptHubMixin, VisionFeaturesMixin, Inst
             )
         if qformer_input_ids is None:
             raise ValueError("REEF's Q-Former reads the instruction: pass `qformer_input_ids` (the processor's).")
+        self._check_instruction_rows(qformer_input_ids, batch)
         config = self.config
         device = (pixel_values if vision_features is None else vision_features).device
         queries = self.query_tokens.expand(batch, -1, -1)

@@ -40,6 +40,36 @@ class VisionFeaturesMixin:
             )
         return tuple(vision_features.shape[:2])
 
+    @staticmethod
+    def _check_instruction_rows(qformer_input_ids: torch.Tensor, batch: int) -> None:
+        """The Q-Former's instruction [B, L] needs one row per video."""
+        if qformer_input_ids.ndim != 2 or qformer_input_ids.shape[0] != batch:
+            raise ValueError(
+                f"`qformer_input_ids` must be [B, L] with one instruction per video: {batch} videos, got shape "
+                f"{tuple(qformer_input_ids.shape)}; tokenize one question per video (the processor does)."
+            )
+
+    def _check_video_placeholders(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, video_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """The `<video>` mask [B, S, 1] of the prompts, after checking that each of the B prompts holds exactly N
+        placeholders for the video tokens [B, N, D] (a surplus would otherwise shift into the next prompt)."""
+        if input_ids is not None:
+            mask = (input_ids == self.config.video_token_index).unsqueeze(-1)
+        elif inputs_embeds is not None:
+            mask = self.get_placeholder_mask(None, inputs_embeds)
+        else:
+            raise ValueError("pass `input_ids` (or `inputs_embeds`): the prompt that holds the `<video>` tokens.")
+        batch, tokens = video_tokens.shape[:2]
+        per_prompt = mask[..., 0].sum(-1)
+        if mask.shape[0] != batch or bool((per_prompt != tokens).any()):
+            raise ValueError(
+                f"each prompt must hold exactly {tokens} `<video>` tokens (id {self.config.video_token_index}), one "
+                f"per video token this model makes, for {batch} videos; got {per_prompt.tolist()} in {mask.shape[0]} "
+                "prompts. Build the prompts with the model's processor (made for this config), which writes them."
+            )
+        return mask
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -58,14 +88,19 @@ class VisionFeaturesMixin:
         **kwargs,
     ):
         """InstructBLIP-Video's `forward`, with `vision_features` [B, T, 1+P, C] (see `get_video_features`) as an
-        alternative to `pixel_values`: the frozen vision encoder is then skipped."""
-        if vision_features is not None:
+        alternative to `pixel_values`: the frozen vision encoder is then skipped. Every prompt must hold exactly as
+        many `<video>` tokens as the model makes video tokens (the processor writes them)."""
+        video = (mm_encoder_outputs or {}).get("video")
+        if video is None and (pixel_values is not None or vision_features is not None):
             video = self.get_video_features(
-                pixel_values, qformer_input_ids, qformer_attention_mask, vision_features=vision_features, **kwargs
-            )
+                pixel_values, qformer_input_ids, qformer_attention_mask, interpolate_pos_encoding,
+                vision_features=vision_features, **kwargs,
+            )  # fmt: skip
             mm_encoder_outputs = {**(mm_encoder_outputs or {}), "video": video}
+        if video is not None:
+            self._check_video_placeholders(input_ids, inputs_embeds, video.pooler_output)
         return super().forward(
-            pixel_values=None if vision_features is not None else pixel_values, qformer_input_ids=qformer_input_ids,
+            pixel_values=None, qformer_input_ids=qformer_input_ids,
             qformer_attention_mask=qformer_attention_mask, input_ids=input_ids, attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
             inputs_embeds=inputs_embeds, labels=labels, interpolate_pos_encoding=interpolate_pos_encoding,
@@ -108,7 +143,8 @@ class VisionFeaturesMixin:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         video_tokens = video_tokens.to(inputs_embeds.device, inputs_embeds.dtype)
-        inputs_embeds = inputs_embeds.masked_scatter(self.get_placeholder_mask(input_ids, inputs_embeds), video_tokens)
+        mask = self._check_video_placeholders(input_ids, inputs_embeds, video_tokens)
+        inputs_embeds = inputs_embeds.masked_scatter(mask.to(inputs_embeds.device), video_tokens)
         inputs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         if not self.language_model.config.is_encoder_decoder:
             inputs["input_ids"] = input_ids

@@ -35,7 +35,7 @@ class DynFocusProcessor(ProcessorMixin):
         qformer_tokenizer: the Q-Former's tokenizer (the question conditions the coarse context tokens).
         frame_preprocessor: `FramePreprocessor.to_dict()`; default the InstructBLIP-Video preset (224, CLIP norm).
         fps: sampling rate of video paths (1 fps in the paper).
-        max_frames: at most this many frames (uniform over the fps grid beyond it).
+        max_frames: at most this many frames (uniform over the fps grid, or over a frame array, beyond it).
         token_budget: `DynFocusConfig.token_budget()` (events, keep ratio, fine tokens per key frame, key-frame rods).
         sampler: "fps", "avs", a dict {"type": name, **arguments} or a `FrameSampler` (saved as its dict).
     """
@@ -104,7 +104,10 @@ class DynFocusProcessor(ProcessorMixin):
         clip = np.asarray(video)
         if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
             raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
-        return clip[: self.max_frames], None
+        count = len(clip)
+        if count > self.max_frames:  # uniform over the array, as `FpsSampler` caps a path's 1 fps grid
+            clip = clip[np.arange(self.max_frames, dtype=np.int64) * count // self.max_frames]
+        return clip, None
 
     def __call__(self, text: str | list[str], videos: Any = None, questions: str | list[str] | None = None,
                  return_tensors: str = "pt", return_timestamps: bool = False,
@@ -133,6 +136,11 @@ class DynFocusProcessor(ProcessorMixin):
             expanded.append(t.replace(token, token * self.video_token_count(len(clip))))
         questions = [t.replace(token, "").strip() for t in texts] if questions is None else questions
         questions = [questions] if isinstance(questions, str) else list(questions)
+        if len(questions) != len(texts):
+            raise ValueError(
+                f"pass one question per text (the Q-Former's instruction for that video): got {len(texts)} texts and "
+                f"{len(questions)} questions; or leave `questions` out to use the texts without the placeholder."
+            )
         data = dict(self.tokenizer(expanded, return_tensors=return_tensors, padding=True, **tokenizer_kwargs))
         qformer = self.qformer_tokenizer(questions, padding=True, return_tensors=return_tensors)
         data["qformer_input_ids"], data["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]

@@ -67,9 +67,9 @@ def _check_scores(x: torch.Tensor, k: int) -> None:
 
 
 def _check_sigma(sigma: float, allow_zero: bool) -> float:
-    low = "0" if allow_zero else "a value > 0"
+    allowed = ">= 0" if allow_zero else "> 0"
     if not isinstance(sigma, Real) or isinstance(sigma, bool) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"`sigma` must be a finite number >= {low}, got {sigma!r}; typical values are 0.05-0.1.")
+        raise ValueError(f"`sigma` must be a finite number {allowed}, got {sigma!r}; typical values are 0.05-0.1.")
     if sigma == 0 and not allow_zero:
         raise ValueError(
             "`sigma` must be > 0 for the perturbed top-k, got 0; use `hard_topk` for an exact top-k "

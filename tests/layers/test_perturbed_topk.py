@@ -263,7 +263,7 @@ def test_no_intermediate_of_n_k_n_size():
     "call, error, match",
     [
         (lambda x: perturbed_topk(x, 3, sigma=0.0), ValueError, "`sigma` must be > 0"),
-        (lambda x: perturbed_topk(x, 3, sigma=-0.1), ValueError, "`sigma` must be a finite number"),
+        (lambda x: perturbed_topk(x, 3, sigma=-0.1), ValueError, "`sigma` must be a finite number > 0, got -0.1"),
         (lambda x: perturbed_topk(x, 3, sigma=float("nan")), ValueError, "`sigma`"),
         (lambda x: perturbed_topk(x, 11), ValueError, r"`k` must be an int in \[1, N\] = \[1, 10\].*got 11"),
         (lambda x: perturbed_topk(x, 0), ValueError, r"\[1, 10\].*got 0"),

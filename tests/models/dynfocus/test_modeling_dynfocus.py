@@ -153,8 +153,16 @@ def test_bad_inputs(checkpoint, tokenizers):
         DynFocusConfig(num_pooled_tokens=15)
     with pytest.raises(ValueError, match="`spatial_clusters` must decrease"):
         DynFocusConfig(spatial_clusters=[6, 16])
+    with pytest.raises(ValueError, match=r"`num_events` \(L\) must be >= 1"):  # overrides land after __post_init__
+        load(checkpoint, num_events=0)
     model = load(checkpoint, max_frames=8)
     inputs, _ = inputs_for(model, tokenizers, 3)
+    no_rods = load(checkpoint, max_frames=8, key_frame_rods=False)
+    other, _ = inputs_for(no_rods, tokenizers, 3)  # a processor made for another config
+    tokens, fewer = model.config.num_video_tokens(3), no_rods.config.num_video_tokens(3)
+    assert (other["input_ids"] == tokenizers[0].video_token_id).sum(1).tolist() == [fewer, fewer] != [tokens] * 2
+    with pytest.raises(ValueError, match=rf"exactly {tokens} `<video>` tokens .* got \[{fewer}, {fewer}\]"):
+        model(**other)
     with pytest.raises(ValueError, match="T >= 1 frames"):
         model.get_video_features(inputs["pixel_values"][:, :0], inputs["qformer_input_ids"])
     with pytest.raises(ValueError, match="at most `max_frames` = 8"):
@@ -166,6 +174,31 @@ def test_bad_inputs(checkpoint, tokenizers):
         processor(["<video> a", "<video> b"], videos=[clips(2)[0], clips(3)[0]])
     with pytest.raises(ValueError, match="exactly one"):
         processor(["a"], videos=[clips(2)[0]])
+    with pytest.raises(ValueError, match="one question per text .* got 2 texts and 1 questions"):
+        processor(["<video> a", "<video> b"], videos=clips(2), questions=["a"])
+    with pytest.raises(ValueError, match=r"one instruction per video: 2 videos, got shape \(1, "):
+        model.get_video_features(inputs["pixel_values"], inputs["qformer_input_ids"][:1])
+
+
+def test_frame_arrays_beyond_max_frames_are_sampled_uniformly(checkpoint, tokenizers):
+    model = load(checkpoint, max_frames=4)
+    processor = DynFocusProcessor.from_model(model, *tokenizers)
+    video = np.stack([np.full((32, 32, 3), 10 * i, dtype=np.uint8) for i in range(10)])  # frame i is grey 10*i
+    capped = processor(["<video> a"], videos=[video])
+    expected = processor(["<video> a"], videos=[video[[0, 2, 5, 7]]])  # i * 10 // 4
+    assert torch.equal(capped["pixel_values"], expected["pixel_values"]) and capped["pixel_values"].shape[1] == 4
+
+
+def test_interpolate_pos_encoding_reaches_the_vision_tower(checkpoint, tokenizers):
+    model = load(checkpoint)
+    inputs, _ = inputs_for(model, tokenizers, 2)
+    large = torch.nn.functional.interpolate(inputs["pixel_values"].flatten(0, 1), size=48).unflatten(0, (B, 2))
+    with pytest.raises(RuntimeError, match="size of tensor a"):  # transformers' error without interpolation
+        model.get_video_features(large, inputs["qformer_input_ids"])
+    with torch.no_grad():
+        out = model.get_video_features(large, inputs["qformer_input_ids"], interpolate_pos_encoding=True)
+        logits = model(**{**inputs, "pixel_values": large}, interpolate_pos_encoding=True).logits
+    assert out.pooler_output.shape[:2] == (B, model.config.num_video_tokens(2)) and torch.isfinite(logits).all()
 
 
 def test_processor_sampler_option_avs_and_timestamps(checkpoint, tokenizers, tmp_path):

@@ -250,6 +250,17 @@ def test_generate_with_beam_search_and_save_load_round_trip(checkpoint, tmp_path
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
     assert torch.equal(loaded.generate(**inputs, num_beams=5, max_new_tokens=4, do_sample=False), generated)
 
+    video_id = tokenizer.video_token_id
+    short = {**inputs, "input_ids": inputs["input_ids"][:, 1:], "attention_mask": inputs["attention_mask"][:, 1:]}
+    assert (short["input_ids"] == video_id).sum(1).tolist() == [Q - 1, Q - 1]
+    with pytest.raises(ValueError, match=rf"exactly {Q} `<video>` tokens .* got \[{Q - 1}, {Q - 1}\] in 2 prompts"):
+        model(**short)
+    with pytest.raises(ValueError, match=rf"exactly {Q} `<video>` tokens"):
+        model.generate(**short, max_new_tokens=2)
+    one_prompt = {**inputs, "input_ids": inputs["input_ids"][:1], "attention_mask": inputs["attention_mask"][:1]}
+    with pytest.raises(ValueError, match="for 2 videos; got .* in 1 prompts"):
+        model(**one_prompt)
+
 
 def test_bad_inputs_raise_clear_errors(checkpoint):
     with pytest.raises(ValueError, match=r"`num_selected_tokens` must be in \[1, 16\]"):
@@ -262,7 +273,14 @@ def test_bad_inputs_raise_clear_errors(checkpoint):
         ReefConfig(vision_config={"hidden_size": 64}, qformer_config={"encoder_hidden_size": 32})
     with pytest.raises(ValueError, match="`memory_bank_length` must be >= 1"):
         ReefConfig(memory_bank_length=0)
-    model = load(checkpoint, num_selected_tokens=4, max_num_frames=8)
+    for override, message in (
+        ({"topk_sigma": 0.0}, "`topk_sigma` must be > 0"),  # overrides land after `__post_init__`
+        ({"alpha": 1.5}, "`alpha` must be in"),
+        ({"memory_bank_length": 0}, "`memory_bank_length` must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ReefForConditionalGeneration.from_pretrained(checkpoint, **override)
+    model = load(checkpoint, num_selected_tokens=4, num_frames=6, max_num_frames=8)
     inputs = video_inputs(checkpoint)
     with pytest.raises(ValueError, match="between 1 and `max_num_frames` = 8 frames"):
         model.get_video_features(**dict(inputs, pixel_values=inputs["pixel_values"][:, :0]))
@@ -270,3 +288,5 @@ def test_bad_inputs_raise_clear_errors(checkpoint):
         model.get_video_features(**dict(inputs, pixel_values=torch.randn(B, 9, 3, 32, 32)))
     with pytest.raises(ValueError, match=r"must be \[B, T, 3, H, W\]"):
         model.get_video_features(**dict(inputs, pixel_values=inputs["pixel_values"][:, 0]))
+    with pytest.raises(ValueError, match=r"one instruction per video: 2 videos, got shape \(1, "):
+        model.get_video_features(**dict(inputs, qformer_input_ids=inputs["qformer_input_ids"][:1]))
