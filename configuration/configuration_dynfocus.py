@@ -43,6 +43,9 @@ class DynFocusConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
         spatial_clusters: S-DPC prototypes per level (256 -> 16 -> 6, I = 22).
         spatial_knn: nearest neighbours per S-DPC level.
         prototype_weighting: "exp_score" weights members by exp(rho * delta) (appendix B.3), "uniform" as the code.
+        event_scorer: Dynamic Selection's U. "mlp": the appendix's d -> d/2 -> d/4 -> 1 (4.96 M parameters at d = 2816);
+            "predictor_lg": the official PredictorLG, an input block LayerNorm -> Linear(d, d) -> GELU whose second
+            half is averaged over the video's events, before the same MLP (12.90 M, appendix Table 3's 12.91).
         topk_num_samples / topk_sigma: the perturbed top-K of Dynamic Selection (training only).
         rods_order: "context_content" (the paper's Avg(E) || Avg(G)) or "content_context" (the code).
         key_frame_rods: key frames get their 2 coarse tokens too (paper's O_t: 40 tokens); False drops them (the
@@ -59,6 +62,7 @@ class DynFocusConfig(FromBaseCheckpointMixin, InstructBlipVideoConfig):
     spatial_clusters: list | None = None
     spatial_knn: list | None = None
     prototype_weighting: Literal["exp_score", "uniform"] = "exp_score"
+    event_scorer: Literal["mlp", "predictor_lg"] = "mlp"
     topk_num_samples: int = 500
     topk_sigma: int | float = 0.1
     rods_order: Literal["context_content", "content_context"] = "context_content"

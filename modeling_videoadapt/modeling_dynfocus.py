@@ -59,19 +59,27 @@ class DynFocusVideoFeaturesOutput(BaseModelOutputWithVisionQformerOutputs):
 
 
 class DynFocusEventScorer(nn.Module):
-    """Dynamic Selection's U: [Max || Avg] over an event prototype's tokens -> d -> d/2 -> d/4 -> 1 (d = 2C)."""
+    """Dynamic Selection's U: [Max || Avg] over an event prototype's tokens -> d -> d/2 -> d/4 -> 1 (d = 2C).
 
-    def __init__(self, dim: int):
+    With `input_block` (the official PredictorLG), LayerNorm -> Linear(d, d) -> GELU comes first; each event keeps
+    the first d/2 of those channels and gets the mean over the video's events of the other d/2 (local || global).
+    """
+
+    def __init__(self, dim: int, input_block: bool = False):
         super().__init__()
         d = 2 * dim
+        self.in_conv = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()) if input_block else None
         self.mlp = nn.Sequential(
             nn.Linear(d, d // 2), nn.GELU(), nn.Linear(d // 2, d // 4), nn.GELU(), nn.Linear(d // 4, 1)
         )
 
     def forward(self, events: torch.Tensor) -> torch.Tensor:
         """events [B, L, P, C] -> scores [B, L] in [0, 1] (min-max over the video's events)."""
-        raw = self.mlp(torch.cat([events.amax(2), events.mean(2)], dim=-1)).squeeze(-1)
-        return min_max_normalize(raw)
+        x = torch.cat([events.amax(2), events.mean(2)], dim=-1)  # [B, L, d]
+        if self.in_conv is not None:
+            local, rest = self.in_conv(x).chunk(2, dim=-1)  # [B, L, d/2] each
+            x = torch.cat([local, rest.mean(1, keepdim=True).expand_as(rest)], dim=-1)
+        return min_max_normalize(self.mlp(x).squeeze(-1))
 
 
 class DynFocusContextAttention(nn.Module):
@@ -119,7 +127,7 @@ class DynFocusForConditionalGeneration(
         self.qformer = InstructBlipVideoQFormerModel._from_config(config.qformer_config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, text_width)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.event_scorer = DynFocusEventScorer(width)
+        self.event_scorer = DynFocusEventScorer(width, input_block=config.event_scorer == "predictor_lg")
         self.event_topk = PerturbedTopK(1, config.topk_num_samples, config.topk_sigma)  # k is set per video
         self.context_attention = DynFocusContextAttention(config.qformer_config.hidden_size, width)
         self.fine_projector = DynFocusProjector(width, text_width)

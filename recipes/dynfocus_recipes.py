@@ -147,6 +147,7 @@ class DynFocusRecipe:
     base_checkpoint: str = spec(text, "InstructBLIP(-Video) checkpoint stage 1 starts from")
     image_resolution: int = spec(integer(EVA_PATCH_SIZE, 4096), "frame side in pixels")
     fps: float = spec(number(0.0, 1000.0, open_low=True), "frames per second sampled from a video")
+    prompt: str = spec(text, "the instruction for rows without a question (stage 1's captions)")
     optimizer: str = spec(choice(*(o.value for o in OptimizerNames)), "transformers optimizer name")
     adam_betas: tuple[float, float] = spec(pair(number(0.0, 1.0, open_high=True)), "AdamW (beta1, beta2)")
     lr_scheduler: str = spec(choice(*(s.value for s in SchedulerType)), "transformers scheduler type")

@@ -404,3 +404,16 @@ def test_unknown_recipe_or_variant_names_list_the_known_ones():
     known = "['lock_lock', 'lock_open', 'official_code', 'open_lock', 'open_open']"
     with pytest.raises(ValueError, match=re.escape(f"`variant` must be one of {known}, got 'best'")):
         load_recipe("default", variant="best")
+
+
+def test_stage_1_caption_rows_take_the_recipes_prompt(checkpoint):
+    from videoadapt.recipes.training import METHODS
+
+    recipe, spec = load_recipe("default"), METHODS["dynfocus"]
+    processor = DynFocusProcessor(
+        AutoTokenizer.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint / "qformer_tokenizer")
+    )
+    video = processor.tokenizer.video_token
+    assert spec.prompt(recipe, processor, {"id": "cap0", "answers": ["a dog runs"]}) == f"{video} {recipe.prompt}"
+    assert spec.prompt(recipe, processor, {"id": "qa0", "question": "why?"}) == f"{video} why?"
+    assert recipe.prompt == "Describe the video briefly." and recipe.source("prompt").startswith("ours")

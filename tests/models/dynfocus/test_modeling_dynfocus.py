@@ -4,6 +4,7 @@ against a literal reference, gradients, generate, errors."""
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoModelForImageTextToText, AutoTokenizer, InstructBlipVideoForConditionalGeneration
 
 from videoadapt.configuration.configuration_dynfocus import DynFocusConfig, dynfocus_video_tokens
@@ -223,3 +224,40 @@ def test_processor_sampler_option_avs_and_timestamps(checkpoint, tokenizers, tmp
     assert DynFocusProcessor.from_pretrained(tmp_path / "saved").sampler == AdaptiveSampler(8)
     with pytest.raises(ValueError, match="`sampler` takes 9 frames but `max_frames` is 8"):
         DynFocusProcessor.from_model(model, *tokenizers, sampler={"type": "avs", "budget": 9})
+
+
+def test_event_scorer_official_predictor_lg_option():
+    from videoadapt.modeling_dynfocus import DynFocusEventScorer
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    # C = 1408 (EVA ViT-g), d = 2C: the appendix's MLP, and PredictorLG, whose count matches Table 3's 12.91 M
+    assert count(DynFocusEventScorer(1408)) == 4_958_977
+    assert count(DynFocusEventScorer(1408, input_block=True)) == 12_897_281
+    torch.manual_seed(0)
+    scorer = DynFocusEventScorer(8, input_block=True)
+    events = torch.randn(2, 5, 3, 8)  # [B, L, P, C]
+    expected = torch.empty(2, 5)
+    for b in range(2):  # literal: per event, local half of the input block || the video's mean of the other half
+        hidden = [scorer.in_conv(torch.cat([events[b, e].amax(0), events[b, e].mean(0)])) for e in range(5)]
+        glob = torch.stack([h[8:] for h in hidden]).mean(0)
+        raw = torch.stack([scorer.mlp(torch.cat([h[:8], glob]))[0] for h in hidden])
+        expected[b] = (raw - raw.min()) / (raw.max() - raw.min() + 1e-5)
+    torch.testing.assert_close(scorer(events), expected)
+    with pytest.raises(StrictDataclassFieldValidationError, match="expected one of \\('mlp', 'predictor_lg'\\)"):
+        DynFocusConfig(event_scorer="transformer")  # @strict's error, as every Literal field of a transformers config
+
+
+def test_predictor_lg_scorer_loads_trains_and_round_trips(checkpoint, tokenizers, tmp_path):
+    model = load(checkpoint, event_scorer="predictor_lg")
+    assert model.event_scorer.in_conv is not None
+    inputs, _ = inputs_for(model, tokenizers, 5)
+    model.train()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.event_scorer.in_conv.parameters())
+    model.eval().save_pretrained(tmp_path)
+    loaded = DynFocusForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.event_scorer == "predictor_lg"
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
