@@ -47,7 +47,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
 def default_lora_config(r: int = 64, alpha: int = 16, dropout: float = 0.05) -> LoraConfig:
-    """The paper's LoRA: r=64, alpha=16, dropout 0.05 on q/k/v/o/gate/up/down of every LLM layer."""
+    """PAVE's LoRA: r=64, alpha=16 (the paper), dropout 0.05 (the official code) on q/k/v/o/gate/up/down of every LLM layer."""
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES, bias="none")
 
 
