@@ -2,9 +2,9 @@
 
 The supplement (section 1.2) fixes the detector (TransNet V2), its input rate (10 fps) and the non-maximum
 suppression window (3 s); the rest is ours (docs/fidelity.md):
-1. Analysis frames: the frames shown at t = k / `analysis_fps` (1 us tolerance for rounded stream times; every frame
-   when the video is slower), decoded with PyAV straight to the detector's size (swscale bicubic, as ffmpeg's
-   `-s 48x27` does).
+1. Analysis frames: the frames shown at t = k / `analysis_fps` (`frames_shown_at`: 1 us tolerance for rounded
+   stream times; every frame when the video is slower), decoded with PyAV straight to the detector's size (swscale
+   bicubic, as ffmpeg's `-s 48x27` does).
 2. Cuts: the detector's candidates, then 1D NMS with a centred `nms_window` (kept cuts are >= window / 2 apart).
    A cut at analysis frame i starts a shot at the source frame that analysis frame i shows.
 3. Budget B (32): needs B <= F (else `MediaError`, as uniform sampling). When there are more shots than frames
@@ -71,11 +71,12 @@ DEFAULT_BUDGET = 32  # frames per video (the supplement's 32-frame input)
 def analysis_indices(index: VideoIndex, fps: float) -> np.ndarray:
     """[T] unique ascending presentation indices of the frames shown at t = k / fps, k = 0.. (t < duration).
 
-    A frame that starts within 1 us after t counts as shown at t, so that float rounding of the stream's times
-    (e.g. 3 * 0.1 s stored as 0.30000000000000004) does not skip frames when the video runs at `fps`."""
+    "Shown at t" is `frames_shown_at`'s rule: a frame that starts within `TIME_TOLERANCE` (1 us) after t counts, so
+    that float rounding of the stream's times (3 * 0.1 s stored as 0.30000000000000004) does not skip frames when the
+    video runs at `fps`. The same frames as `FpsSampler(fps)`, each once."""
     count = max(1, math.ceil(index.duration * fps - 1e-9))
     times = np.arange(count, dtype=np.float64) / fps
-    return np.unique(frames_shown_at(index, times + 1e-6))
+    return np.unique(frames_shown_at(index, times))
 
 
 def decode_analysis_frames(index: VideoIndex, fps: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

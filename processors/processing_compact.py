@@ -2,8 +2,9 @@
 
 The `<video>` placeholder expands to exactly the tokens the compressor produces for the video's T frames:
 (T/f) * (g/f)^2 with g the feature grid and f the compression factor (`compact_video_tokens`; 128 for the paper's 32
-frames, g = 16, f = 4). No `image_newline` token follows a Compact video. Frames come from a path (uniform sampling of
-`num_frames`, or Compact's adaptive video sampler AVS with `sampler="avs"`) or as [T, H, W, 3] uint8 arrays, and are
+frames, g = 16, f = 4). No `image_newline` token follows a Compact video. Frames come from a path (Compact's adaptive
+video sampler AVS by default, a budget of `num_frames`; `sampler="uniform"` spreads them evenly) or as [T, H, W, 3]
+uint8 frames (a numpy array or a torch tensor; a [B, T, H, W, 3] one holds B videos), used as given, and are
 preprocessed like the base's (SigLIP) image processor. T must be a multiple of f: the compressor takes no remainder,
 and the processor raises rather than dropping or repeating frames.
 
@@ -18,7 +19,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from videoadapt.configuration.configuration_compact import compact_video_tokens, multiples_near
-from videoadapt.processors.adaptive_sampling import make_sampler
+from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FrameSampler
 from videoadapt.processors.video_io import load_video
@@ -28,6 +29,41 @@ __all__ = ["COMPACT_SAMPLERS", "CompactProcessor"]
 
 # samplers that return exactly `num_frames` frames (any other would break the T % f rule for some videos)
 COMPACT_SAMPLERS = ("uniform", "avs")
+_COUNT_FIELDS = ("num_frames", "budget")  # where a sampler object declares its frame count (uniform, AVS)
+
+
+def _declared_frames(sampler: FrameSampler) -> int | None:
+    """The frame count a sampler object declares (`num_frames`, AVS's `budget`), None when it declares none."""
+    for name in _COUNT_FIELDS:
+        count = getattr(sampler, name, None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+    return None
+
+
+def _video_list(videos: Any) -> list[Any]:
+    """`videos` as a list of single videos: a path or [T, H, W, 3] frames (array or tensor) is one video, a
+    [B, T, H, W, 3] array or tensor is B videos, a list or tuple holds one video per item."""
+    if videos is None:
+        return []
+    if isinstance(videos, str | os.PathLike):
+        return [videos]
+    if isinstance(videos, np.ndarray | torch.Tensor):
+        if videos.ndim == 4:
+            return [videos]
+        if videos.ndim == 5:
+            return list(videos)
+        raise ValueError(
+            f"`videos` as one array must be [T, H, W, 3] frames (one video) or [B, T, H, W, 3] (B videos), got a "
+            f"{videos.ndim}-D {type(videos).__name__} of shape {tuple(videos.shape)}; add or remove the batch axis, "
+            "or pass a list of videos."
+        )
+    if isinstance(videos, list | tuple):
+        return list(videos)
+    raise TypeError(
+        "`videos` must be a path, [T, H, W, 3] uint8 frames (numpy array or torch tensor), a [B, T, H, W, 3] batch "
+        f"or a list of paths / frames, got {type(videos).__name__}."
+    )
 
 
 class CompactProcessor(ProcessorMixin):
@@ -39,10 +75,13 @@ class CompactProcessor(ProcessorMixin):
         num_frames: frames sampled from a video path (32 in the paper); a multiple of `compression_factor`.
         feature_grid: side g of the grid the compressor reads (`CompactConfig.feature_grid`, 16 in the paper).
         compression_factor: f, the compressor's downsampling of T, H and W (`CompactConfig.compression_factor`, 4).
-        sampler: how frames are sampled from a path: "uniform" (`num_frames` evenly spread) or "avs" (Compact's
-            adaptive video sampler: shot boundaries and a budget of `num_frames` frames, `AdaptiveSampler`), or a
-            dict {"type": "avs", **arguments} with the sampler's other arguments (e.g. "detector", "nms_window");
-            the frame count is always `num_frames`.
+        sampler: how frames are sampled from a path: "avs" (default: Compact's adaptive video sampler, shot
+            boundaries and a budget of `num_frames` frames, `AdaptiveSampler`) or "uniform" (`num_frames` evenly
+            spread); a dict {"type": "avs", **arguments} with the sampler's other arguments (e.g. "detector",
+            "nms_window"); or a `FrameSampler` object that declares `num_frames` frames (`AdaptiveSampler(n)`,
+            `UniformSampler(n)`, or any sampler with an int `num_frames` / `budget` equal to `num_frames`), saved as
+            its dict. The frame count is always `num_frames`. Frames given as arrays are used as they are (no
+            sampler runs: they carry no timestamps to sample from).
     """
 
     def __init__(
@@ -52,7 +91,7 @@ class CompactProcessor(ProcessorMixin):
         num_frames: int = 32,
         feature_grid: int = 16,
         compression_factor: int = 4,
-        sampler: Literal["uniform", "avs"] | dict = "uniform",
+        sampler: Literal["uniform", "avs"] | dict | FrameSampler = "avs",
         chat_template: str | None = None,
     ):
         compact_video_tokens(num_frames, feature_grid, compression_factor)  # validates all three
@@ -90,13 +129,32 @@ class CompactProcessor(ProcessorMixin):
         """The `FrameSampler` that picks the frames of a video path (`sampler` holds the saved option)."""
         return self._frame_sampler
 
-    def _build_sampler(self, sampler: str | dict) -> FrameSampler:
+    def to_dict(self) -> dict[str, Any]:
+        """The processor's settings; a sampler object is saved as its dict, without the frame count (`num_frames`)."""
+        option = self.sampler
+        if not isinstance(option, str | dict):
+            option = {k: v for k, v in sampler_to_dict(option).items() if k not in _COUNT_FIELDS}
+        return super().to_dict() | {"sampler": option}
+
+    def _build_sampler(self, sampler: str | dict | FrameSampler) -> FrameSampler:
         """The `FrameSampler` of a `sampler` option, returning exactly `num_frames` frames."""
+        if not isinstance(sampler, str | dict) and isinstance(sampler, FrameSampler):
+            count, n = _declared_frames(sampler), self.num_frames
+            if count != n:
+                declared = "declares no frame count" if count is None else f"takes {count}"
+                raise ValueError(
+                    f"`sampler` must return exactly `num_frames` = {n} frames per video (the video-token count and "
+                    f"the compressor's T % {self.compression_factor} rule depend on it), got {sampler!r}, which "
+                    f"{declared}; pass AdaptiveSampler({n}) or UniformSampler({n}) (or a name: 'avs', 'uniform')"
+                    + ("." if count is None else f", or num_frames={count}.")
+                )
+            return sampler
         kind = sampler.get("type") if isinstance(sampler, dict) else sampler
         if kind not in COMPACT_SAMPLERS:
             raise ValueError(
-                f"`sampler` must be one of {list(COMPACT_SAMPLERS)} or a dict {{'type': one of them, ...}}, got "
-                f"{sampler!r}; Compact needs exactly `num_frames` frames per video (e.g. sampler='avs')."
+                f"`sampler` must be one of {list(COMPACT_SAMPLERS)}, a dict {{'type': one of them, ...}} or a "
+                f"`FrameSampler` of `num_frames` frames, got {sampler!r}; Compact needs exactly `num_frames` frames "
+                "per video (e.g. sampler='avs')."
             )
         fixed = sorted({"num_frames", "budget"} & set(sampler)) if isinstance(sampler, dict) else []
         if fixed:
@@ -120,7 +178,7 @@ class CompactProcessor(ProcessorMixin):
             times = metadata.timestamps.tolist()
             where = f"the {self.sampler} sampler returned {len(clip)} frames of {os.fspath(video)!r}"
         else:
-            clip = np.asarray(video)
+            clip = video.numpy(force=True) if isinstance(video, torch.Tensor) else np.asarray(video)
             if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
                 raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
             where = f"a video of {len(clip)} frames was given"
@@ -140,17 +198,17 @@ class CompactProcessor(ProcessorMixin):
         return_timestamps: bool = False,
         **tokenizer_kwargs: Any,
     ) -> BatchFeature:
-        """Texts with one `<video>` each + videos (paths or [T, H, W, 3] uint8 frames) -> model inputs.
+        """Texts with one `<video>` each + videos -> model inputs.
+
+        `videos`: one video (a path, or [T, H, W, 3] uint8 frames as a numpy array or torch tensor), a [B, T, H, W, 3]
+        array or tensor (B videos), or a list of paths / frames; one video per text.
 
         Returns input_ids / attention_mask (each `<video>` expanded to `video_token_count(T)` tokens) and, with
         videos, pixel_values_videos [B, T, 3, S, S]; with `return_timestamps`, "video_timestamps": per video the
         sampled frames' times in seconds (None for frames given as arrays; pop it before calling the model).
         """
         texts = [text] if isinstance(text, str) else list(text)
-        if videos is None:
-            videos = []
-        elif isinstance(videos, str | os.PathLike) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
-            videos = [videos]
+        videos = _video_list(videos)
         token = self.tokenizer.video_token
         if (videos and len(videos) != len(texts)) or (not videos and any(token in t for t in texts)):
             raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(videos)} videos.")

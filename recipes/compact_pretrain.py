@@ -5,13 +5,16 @@ The supplement (section 1.4) pre-trains the compressor on the stage-2 data for o
 (`videoadapt.layers.video_compressor.reconstruction_loss`). The recipe YAML (`recipes/compact/compressor_pretrain.yaml`)
 holds those values, each with its source.
 
-Features come in as an iterable of [T, H, W, D] tensors (a [N, T, H, W, D] tensor works too): the vision tower's
-output of each clip, computed once and cached (the encoder is frozen, so nothing of it is needed here).
+Features come in as an iterable of [T, H, W, D] tensors (a [N, T, H, W, D] tensor works too): what the Compact
+model's compressor reads (`CompactModel.get_compressor_inputs`: the frozen vision tower's grids, resized to g x g),
+computed once and cached (the encoder is frozen, so nothing of it is needed here). The shipped recipe's width D is
+the stage recipes' base's (LLaVA-OneVision's SigLIP, 1152), so that its output loads into stage 1.
 
     recipe = load_compressor_recipe("compressor_pretrain")
     model = recipe.build_model()
-    pretrain_compressor(model, features, recipe.training, micro_batch_size=16, output_path="svc.safetensors")
-    model = load_autoencoder("svc.safetensors")
+    pretrain_compressor(model, features, recipe.training, micro_batch_size=16, output_path="runs/svc")
+    model = load_autoencoder("runs/svc")  # runs/svc/compressor.safetensors
+    # then: videoadapt train --recipe compact/stage1 compressor=runs/svc model=... train=... output_dir=...
 
 Shape legend: N clips, T frames, H x W token grid, D feature channels.
 """
@@ -54,6 +57,7 @@ from videoadapt.recipes.recipe_utils import (
 
 
 __all__ = [
+    "COMPRESSOR_FILE",
     "CompressorArchitecture",
     "CompressorRecipe",
     "PretrainSettings",
@@ -67,6 +71,7 @@ __all__ = [
 logger = logging.get_logger(__name__)
 
 FORMAT = "videoadapt_svc_autoencoder"  # safetensors metadata "format"
+COMPRESSOR_FILE = "compressor.safetensors"  # the file's name inside a pre-training output folder
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 _RECIPE_FOLDER = "compact"
 
@@ -89,7 +94,7 @@ def _names(value: Any) -> tuple[str, ...]:
 class CompressorArchitecture:
     """`SpatioTemporalAutoencoder` constructor arguments."""
 
-    dim: int = _spec(1408, integer(1), "feature channels D (the vision tower's hidden size)")
+    dim: int = _spec(1152, integer(1), "feature channels D (the vision tower's hidden size; SigLIP's 1152)")
     num_blocks: int = _spec(3, integer(1), "residual blocks")
     num_downsample: int = _spec(2, integer(0), "downsampling blocks (factor 2 ** num_downsample per axis)")
     bottleneck_ratio: int = _spec(4, integer(1), "the 2D conv outputs dim / bottleneck_ratio channels")
@@ -199,13 +204,20 @@ def _load_file(path: Path) -> CompressorRecipe:
 # --------------------------------------------------------------------------------------------- saving
 
 
-def save_autoencoder(model: SpatioTemporalAutoencoder, path: str | os.PathLike) -> Path:
-    """Write encoder + decoder weights and the constructor arguments to one safetensors file, atomically.
-
-    The file is written next to `path` under a temporary name and moved into place with `os.replace`, so a reader
-    never sees a half-written file. Keys are the state-dict names ("encoder.blocks.0...", "decoder.blocks.0...").
-    """
+def _autoencoder_file(path: str | os.PathLike) -> Path:
+    """`path`, or `path / COMPRESSOR_FILE` when `path` is a folder (a pre-training output folder)."""
     path = Path(path)
+    return path / COMPRESSOR_FILE if path.is_dir() else path
+
+
+def save_autoencoder(model: SpatioTemporalAutoencoder, path: str | os.PathLike) -> Path:
+    """Write encoder + decoder weights and the constructor arguments to one safetensors file, atomically; returns it.
+
+    `path` is the file, or an existing folder (the file is then `<folder>/compressor.safetensors`). The file is
+    written next to its place under a temporary name and moved there with `os.replace`, so a reader never sees a
+    half-written file. Keys are the state-dict names ("encoder.blocks.0...", "decoder.blocks.0...").
+    """
+    path = _autoencoder_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
     metadata = {"format": FORMAT, "init_kwargs": json.dumps(model.init_kwargs, sort_keys=True)}
@@ -219,10 +231,14 @@ def save_autoencoder(model: SpatioTemporalAutoencoder, path: str | os.PathLike) 
 
 
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> SpatioTemporalAutoencoder:
-    """The autoencoder saved by `save_autoencoder` (architecture from the file's metadata, weights loaded strictly)."""
-    path = Path(path)
+    """The autoencoder saved by `save_autoencoder` (architecture from the file's metadata, weights loaded strictly);
+    `path` is the file or the folder holding it as `compressor.safetensors`."""
+    path = _autoencoder_file(path)
     if not path.is_file():
-        raise ValueError(f"`path` must be a safetensors file written by `save_autoencoder`, got {str(path)!r}.")
+        raise ValueError(
+            f"`path` must be a folder holding {COMPRESSOR_FILE} or a safetensors file written by `save_autoencoder` "
+            f"(`pretrain_compressor(..., output_path=...)`), got {str(path)!r}, which does not exist."
+        )
     with safe_open(path, framework="pt") as handle:
         metadata = handle.metadata() or {}
     if metadata.get("format") != FORMAT:
@@ -295,7 +311,8 @@ def pretrain_compressor(
         micro_batch_size: clips per forward pass; gradients are accumulated up to `settings.batch_size` clips.
             Default: the whole batch at once.
         max_steps: stop after this many optimiser steps (default: the epochs).
-        output_path: save encoder + decoder there at the end (`save_autoencoder`, atomic).
+        output_path: save encoder + decoder there at the end (`save_autoencoder`, atomic): a file, or an existing
+            folder that then holds `compressor.safetensors` (what `videoadapt train ... compressor=` reads).
         on_step: called with (step, loss) after every optimiser step; the loss is the batch mean.
         logging_steps: log the loss every this many steps.
         progress: show a tqdm bar over the optimiser steps.

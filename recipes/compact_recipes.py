@@ -3,11 +3,14 @@
 stage1 aligns the compressed video tokens with the LLM (MLP projector only, lr 1e-3); stage2 learns new visual
 knowledge (LLM + projector, lr 1e-5); sft fine-tunes on the SFT mixture (LLM + projector, lr 1e-5). AdamW, global
 batch 512, 32 frames throughout; the vision encoder and the compressor stay frozen. The compressor comes pre-trained
-(its own recipe, `compact/compressor_pretrain.yaml`) into stage 1; later stages start from the previous stage's
-output. Every value names its source (`sources`: the supplement, or "ours" where it is silent).
+(its own recipe, `compact/compressor_pretrain.yaml`, named by stage 1's `compressor_from` and checked to build the
+same compressor) into stage 1: `videoadapt train --recipe compact/stage1 compressor=<pre-training output> ...`;
+later stages start from the previous stage's output, which carries it. Every value names its source (`sources`: the
+supplement, or "ours" where it is silent).
 
     recipe = load_recipe("stage1")
     model = CompactForConditionalGeneration.from_pretrained(base, **recipe.config_overrides())
+    recipe.load_pretrained_compressor(model, recipe.read_pretrained_compressor("runs/svc"), "runs/svc", fresh=True)
     recipe.apply_freezing(model)
     trainer = Trainer(model, recipe.training_arguments("out/stage1", world_size=8, max_per_device_batch_size=4), ...)
 
@@ -22,12 +25,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
+from transformers.utils import logging
 
 from videoadapt.configuration.configuration_compact import CompactConfig
+from videoadapt.layers.video_compressor import SpatioTemporalAutoencoder, SpatioTemporalCompressor
+from videoadapt.recipes.compact_pretrain import (
+    COMPRESSOR_FILE,
+    CompressorRecipe,
+    list_compressor_recipes,
+    load_autoencoder,
+    load_compressor_recipe,
+)
 from videoadapt.recipes.recipe_utils import (
     boolean,
     build_dataclass,
@@ -51,6 +64,8 @@ from videoadapt.recipes.recipe_utils import (
 
 
 __all__ = ["STAGES", "CompactModelSettings", "CompactRecipe", "list_recipes", "load_recipe"]
+
+logger = logging.get_logger(__name__)
 
 STAGES = ("stage1", "stage2", "sft")
 # where each stage may start: the base (with the pre-trained compressor) or an earlier stage's output; SFT after
@@ -157,6 +172,88 @@ class CompactRecipe:
         """Set `requires_grad` on every parameter of `model` as this stage says; returns the trained names."""
         return set_trainable(model, self.trainable_parameters(model))
 
+    def compressor_recipe(self) -> CompressorRecipe | None:
+        """The compressor pre-training recipe `compressor_from` names; None when the compressor comes with
+        `init_from` (an earlier stage's output)."""
+        return None if self.compressor_from is None else _compressor_recipe(self.compressor_from, self.path)
+
+    def read_pretrained_compressor(self, compressor: str | os.PathLike | None) -> SpatioTemporalAutoencoder | None:
+        """The compressor pre-training output `compressor` (a folder holding compressor.safetensors, or that file:
+        `pretrain_compressor(..., output_path=...)`), read before the model loads; None for None.
+
+        Raises:
+            ValueError: this stage starts from an earlier stage's output (`compressor_from` is null), or the file is
+                missing or not an SVC autoencoder file; the message names `compressor=` and the fix.
+        """
+        if compressor is None:
+            return None
+        if self.compressor_from is None:
+            raise ValueError(
+                f"`compressor={os.fspath(compressor)}` loads the pre-trained compressor into a base checkpoint (a "
+                f"recipe with `compressor_from`, e.g. stage1), but recipe {self.name!r} (init_from "
+                f"{self.init_from!r}) starts from the earlier stage's output, which carries the compressor; drop "
+                "`compressor=`."
+            )
+        if not Path(compressor).exists():
+            raise ValueError(
+                f"`compressor` must be the compressor pre-training output (a folder holding {COMPRESSOR_FILE}, or "
+                f"the safetensors file `pretrain_compressor(..., output_path=...)` wrote), got "
+                f"{os.fspath(compressor)!r}, which does not exist; pre-train it first (recipe "
+                f"{self.compressor_from!r}, `videoadapt.recipes.compact_pretrain`), or drop `compressor=` to train on "
+                "an untrained compressor (average pooling)."
+            )
+        try:
+            return load_autoencoder(compressor)
+        except ValueError as error:
+            raise ValueError(f"`compressor={os.fspath(compressor)}`: {error}") from None
+
+    def load_pretrained_compressor(
+        self,
+        model: nn.Module,
+        pretrained: SpatioTemporalAutoencoder | None,
+        compressor: str | os.PathLike | None,
+        fresh: bool,
+        where: str = "the checkpoint",
+    ) -> None:
+        """Copy `pretrained` (`read_pretrained_compressor(compressor)`) into `model.model.compressor`.
+
+        Without one, a `fresh` compressor (the checkpoint had none: a LLaVA-OneVision base) stays untrained, which
+        is logged as a warning: it is then exactly f x f x f average pooling, not the supplement's pre-trained SVC.
+
+        Raises:
+            ValueError: its architecture (the width first) differs from the model's; the message names
+                `compressor=`, `where` (the checkpoint) and the differing values.
+        """
+        if pretrained is None:
+            if fresh:
+                logger.warning(self._untrained_message(where, model.config.compression_factor))
+            return
+        try:
+            model.load_compressor(pretrained)
+        except ValueError as error:
+            raise ValueError(
+                f"`compressor={os.fspath(compressor)}` does not fit the model built from {where}: {error}"
+            ) from None
+        replaced = "" if fresh else " (replacing the checkpoint's own)"
+        logger.info(f"Loaded the pre-trained compressor {os.fspath(compressor)} into the model{replaced}.")
+
+    def _untrained_message(self, where: str, factor: int) -> str:
+        if self.compressor_from is None:
+            fix = (
+                f"start recipe {self.name!r} from the {self.init_from} output (`model=<{self.init_from} output "
+                "folder>/model`), which carries the pre-trained compressor"
+            )
+        else:
+            fix = (
+                f"pass `compressor=<folder>`, the output of the compressor pre-training (recipe "
+                f"{self.compressor_from!r}, `videoadapt.recipes.compact_pretrain.pretrain_compressor`)"
+            )
+        frozen = f", and recipe {self.name!r} keeps it frozen" if "model.compressor" in self.frozen else ""
+        return (
+            f"The Compact compressor is untrained: {where} has none, so it is {factor} x {factor} x {factor} average "
+            f"pooling, not the pre-trained compressor of the supplement (section 1.4){frozen}; {fix}."
+        )
+
 
 # --------------------------------------------------------------------------------------------- loading
 
@@ -215,12 +312,48 @@ def _check_consistency(recipe: CompactRecipe, path: Path) -> None:
         f"{recipe.compressor_from!r} with init_from {recipe.init_from!r}.",
     )
     try:
-        CompactConfig(**recipe.config_overrides())  # LLaVA-OneVision's default SigLIP 384 px / patch 14 tower
+        config = CompactConfig(**recipe.config_overrides())  # LLaVA-OneVision's default SigLIP 384 px / patch 14 tower
     except ValueError as error:
         raise ValueError(f"{path}: `model` does not make a valid CompactConfig: {error}") from None
+    if recipe.compressor_from is not None:
+        _check_compressor_chain(recipe.compressor_from, recipe.compressor_recipe(), config, path)
     overlap = sorted(set(recipe.trainable) & set(recipe.frozen))
     need(not overlap, f"`trainable` and `frozen` both list {overlap}; keep one.")
     need(recipe.trainable != (), "`trainable` must list at least one module, got [].")
     top = [f.name for f in dataclasses.fields(CompactRecipe) if f.name not in ("model", "sources", "path")]
     names = top + [f"model.{f.name}" for f in dataclasses.fields(CompactModelSettings)]
     check_sources(path, recipe.sources, names, names, (), "use a field name or 'model.<field>'")
+
+
+def _compressor_recipe(name: str, path: Path | None) -> CompressorRecipe:
+    """The compressor recipe `compressor_from` names: a shipped one, or a YAML file (relative: to `path`'s folder)."""
+    names = list_compressor_recipes()
+    if name in names:
+        return load_compressor_recipe(name)
+    file = Path(name) if path is None else path.parent / name
+    if not file.is_file():
+        raise ValueError(
+            f"{path}: `compressor_from` must be a shipped compressor recipe ({', '.join(names)}) or a compressor "
+            f"recipe YAML file, got {name!r}; a relative path is read from the stage recipe's folder."
+        )
+    return load_compressor_recipe(file)
+
+
+def _check_compressor_chain(name: str, pretrain: CompressorRecipe, config: CompactConfig, path: Path) -> None:
+    """The compressor recipe builds the compressor this stage's model builds (what `load_compressor` will check)."""
+    with torch.device("meta"):  # no memory, no RNG
+        built = SpatioTemporalCompressor(**config.compressor_kwargs()).init_kwargs
+    given = pretrain.compressor.kwargs()
+    differ = [
+        f"{k}={given.get(k)!r} (model: {v!r})"
+        for k, v in built.items()
+        if k != "zero_init_residual" and given.get(k) != v  # the initialisation does not matter to loaded weights
+    ]
+    require(
+        not differ,
+        path,
+        f"`compressor_from` names the compressor recipe {name!r} ({pretrain.path}), whose compressor does not fit "
+        f"this recipe's model: {', '.join(differ)}; the model's compressor follows `model.compressor_*` at the "
+        f"base's vision width (LLaVA-OneVision's SigLIP: {config.compressor_dim}), so set the compressor recipe's "
+        "`compressor` fields to the model's values.",
+    )

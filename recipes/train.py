@@ -13,7 +13,9 @@ is its folder's name unless `--method` says otherwise. `key=value` pairs (values
   its train / validation split. REEF, DynFocus, Compact: the frozen tower's `vision_features`, no video is decoded,
   and a stage that trains the tower is refused; PAVE: the side channel, instead of the `side_channels` files),
   `max_per_device_batch_size` (the global batch stays the recipe's: gradient accumulation makes up the rest), `resume`
-  (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path);
+  (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path), `compressor` (Compact stage 1: the
+  compressor pre-training output, a folder holding compressor.safetensors or that file, loaded into the base; without
+  it the compressor stays untrained, with a warning);
 - `config.<field>`: model config overrides (e.g. `config.num_selected_tokens=4`);
 - `processor.<field>`: processor arguments (e.g. `processor.num_frames=4`);
 - any `TrainingArguments` field (`max_steps=3`, `bf16=false`, `activation_checkpointing=true`, `eval_strategy=steps`,
@@ -79,10 +81,11 @@ class RunOptions:
     features: str | None = None
     eval_features: str | None = None
     features_column: str = FEATURES_COLUMN
+    compressor: str | None = None
 
 
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunOptions)}
-_PATH_FIELDS = ("train", "eval", "output_dir", "model", "features", "eval_features")
+_PATH_FIELDS = ("train", "eval", "output_dir", "model", "features", "eval_features", "compressor")
 
 
 def parse_value(raw: str) -> Any:
@@ -223,7 +226,7 @@ def train(
     output_dir = Path(options.output_dir)
     checkpoint = options.model or recipe.base_checkpoint
     set_seed(int((training or {}).get("seed", recipe.seed)))  # new modules start the same in every process and run
-    model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {})
+    model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {}, compressor=options.compressor)
     trained = spec.apply_freezing(recipe, model, stage)
     if features is not None and spec.frame_features is not None:
         spec.check_features_training(model, trained, f"the {spec.name} recipe {recipe.name!r} (stage {stage})")

@@ -264,13 +264,28 @@ class Method:
         return dict(recipe.processor_kwargs(stage) if self.name == "reef" else recipe.processor_kwargs())
 
     def build(
-        self, recipe: Any, stage: str | None, checkpoint: str | os.PathLike, config: dict, processor: dict
+        self,
+        recipe: Any,
+        stage: str | None,
+        checkpoint: str | os.PathLike,
+        config: dict,
+        processor: dict,
+        compressor: str | os.PathLike | None = None,
     ) -> tuple[Any, Any]:
-        """(model, processor) from `checkpoint` with the recipe's config/processor settings and the overrides."""
+        """(model, processor) from `checkpoint` with the recipe's config/processor settings and the overrides.
+        `compressor`: Compact's pre-trained compressor (`CompactMethod`); other methods refuse it."""
+        self._check_no_compressor(compressor)
         checkpoint = Path(checkpoint)
         model = self.model_class().from_pretrained(checkpoint, **{**self.config_overrides(recipe, stage), **config})
         kwargs = {**self.processor_kwargs(recipe, stage), **processor}
         return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, self.qformer)
+
+    def _check_no_compressor(self, compressor: str | os.PathLike | None) -> None:
+        if compressor is not None:
+            raise ValueError(
+                f"`compressor=` loads Compact's pre-trained compressor; {self.name} recipes have none, got "
+                f"compressor={os.fspath(compressor)!r}; drop it."
+            )
 
     def load_processor(self, model: Any, checkpoint: str | os.PathLike, **kwargs: Any) -> Any:
         """The processor saved with `checkpoint`, else one built for `model` from the checkpoint's tokenizer(s)."""
@@ -355,7 +370,8 @@ class PaveMethod(Method):
     def config_overrides(self, recipe: Any, stage: str | None) -> dict[str, Any]:
         return {}
 
-    def build(self, recipe, stage, checkpoint, config, processor):
+    def build(self, recipe, stage, checkpoint, config, processor, compressor=None):
+        self._check_no_compressor(compressor)
         unknown = sorted(set(config) - {"side_channel_dim"})
         if unknown:
             raise ValueError(f"PAVE takes only `config.side_channel_dim` (the feature width), got {unknown}.")
@@ -422,6 +438,29 @@ class PaveMethod(Method):
         )
 
 
+class CompactMethod(Method):
+    """Compact: a stage that starts from a base (the recipe's `compressor_from`) gets the compressor pre-training
+    output (`compressor=`); a compressor that stays untrained (the checkpoint has none) is logged as a warning."""
+
+    def build(
+        self,
+        recipe: Any,
+        stage: str | None,
+        checkpoint: str | os.PathLike,
+        config: dict,
+        processor: dict,
+        compressor: str | os.PathLike | None = None,
+    ) -> tuple[Any, Any]:
+        pretrained = recipe.read_pretrained_compressor(compressor)  # before the model loads: a bad path fails fast
+        checkpoint = Path(checkpoint)
+        overrides = {**self.config_overrides(recipe, stage), **config}
+        model, info = self.model_class().from_pretrained(checkpoint, output_loading_info=True, **overrides)
+        fresh = any(key.startswith("model.compressor.") for key in info["missing_keys"])
+        recipe.load_pretrained_compressor(model, pretrained, compressor, fresh, where=os.fspath(checkpoint))
+        kwargs = {**self.processor_kwargs(recipe, stage), **processor}
+        return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, self.qformer)
+
+
 def _pave_recipe(name: str) -> Any:
     from videoadapt.recipes.pave_recipes import load_recipe
 
@@ -470,7 +509,7 @@ METHODS: dict[str, Method] = {
         "pave", None, _pave_recipe, _class("videoadapt.modeling_pave", "PaveForConditionalGeneration"),
         _class("videoadapt.processors.processing_pave", "PaveProcessor"), qformer=False, video_in_text=True,
     ),
-    "compact": Method(
+    "compact": CompactMethod(
         "compact", None, _compact_recipe,
         _class("videoadapt.modeling_compact", "CompactForConditionalGeneration"),
         _class("videoadapt.processors.processing_compact", "CompactProcessor"), qformer=False, video_in_text=True,

@@ -19,7 +19,7 @@ from videoadapt.processors.adaptive_sampling import (
     strongest_cuts,
 )
 from videoadapt.processors.errors import MediaError
-from videoadapt.processors.sampling import FpsSampler, TimestampSampler, UniformSampler
+from videoadapt.processors.sampling import TIME_TOLERANCE, FpsSampler, TimestampSampler, UniformSampler, VideoIndex
 from videoadapt.processors.shot_detection import ContentDetector, CutCandidates, transnetv2_available
 from videoadapt.processors.synthetic import (
     PALETTE,
@@ -186,6 +186,16 @@ def test_videos_at_the_analysis_rate_or_slower_are_analysed_frame_by_frame(video
         13,
         21,
     ]  # allocation [2, 2]
+
+
+def test_analysis_frames_allow_the_one_microsecond_tolerance_once():
+    """A frame starting 0.5 us after t = k / 10 s is shown at t; one starting 1.5 us after is not (the tolerance is
+    `TIME_TOLERANCE` = 1 us, applied once: the analysis rule is the 10 fps sampler's)."""
+    pts = np.array([0, 1_000_005, 2_000_015, 3_000_000], dtype=np.int64)  # time base 0.1 us: +0.5 us, +1.5 us late
+    index = VideoIndex("late.mp4", pts, pts[:1], 1e-7, 10.0, 0.4, 48, 27)
+    assert TIME_TOLERANCE == 1e-6
+    assert analysis_indices(index, 10.0).tolist() == [0, 1, 3]  # at 0.2 s frame 1 is still on screen
+    assert analysis_indices(index, 10.0).tolist() == np.unique(FpsSampler(10.0)(index)).tolist()
 
 
 # documented edge cases

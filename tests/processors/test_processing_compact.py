@@ -1,5 +1,5 @@
-"""CompactProcessor: (T/f)(g/f)^2 placeholders per video, OneVision's frame preprocessing, uniform and AVS sampling,
-save/load, errors."""
+"""CompactProcessor: (T/f)(g/f)^2 placeholders per video, OneVision's frame preprocessing, AVS (default) and uniform
+sampling, sampler objects, frames as arrays, tensors or batches, save/load, errors."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from videoadapt.configuration.configuration_compact import CompactConfig
 from videoadapt.processors.adaptive_sampling import AdaptiveSampler
 from videoadapt.processors.errors import MediaError
 from videoadapt.processors.processing_compact import CompactProcessor
-from videoadapt.processors.sampling import UniformSampler
+from videoadapt.processors.sampling import FpsSampler, UniformSampler
 from videoadapt.processors.synthetic import PALETTE, ShotSpec, SyntheticVideoSpec, write_synthetic_video
 from videoadapt.processors.video_io import load_video, probe_video
 
@@ -88,7 +88,7 @@ def test_frames_match_the_siglip_image_processor(tokenizer):
 
 
 def test_video_paths_are_sampled_uniformly_or_by_avs(tokenizer, two_shot_video):
-    uniform = tiny(tokenizer, num_frames=8)
+    uniform = tiny(tokenizer, num_frames=8, sampler="uniform")
     inputs = uniform("<video> what is it?", videos=str(two_shot_video))
     expected = uniform._frames(load_video(two_shot_video, sampler=UniformSampler(8))[0])
     assert torch.equal(inputs["pixel_values_videos"][0], expected)
@@ -107,6 +107,73 @@ def test_video_paths_are_sampled_uniformly_or_by_avs(tokenizer, two_shot_video):
     assert avs("<video> what?", videos=[frames], return_timestamps=True)["video_timestamps"] == [None]
     with pytest.raises(MediaError, match="only 24"):
         tiny(tokenizer, num_frames=28, sampler="avs")("<video> what?", videos=str(two_shot_video))
+
+
+def test_avs_is_the_default_sampler_of_paths_and_arrays_are_used_as_given(tokenizer, two_shot_video):
+    processor = tiny(tokenizer, num_frames=8)
+    assert processor.sampler == "avs" and processor.frame_sampler == AdaptiveSampler(8)
+    inputs = processor("<video> what is it?", videos=str(two_shot_video))
+    expected = processor._frames(load_video(two_shot_video, sampler=AdaptiveSampler(8))[0])
+    assert torch.equal(inputs["pixel_values_videos"][0], expected)
+    clip = frames(8)  # frames given as an array have no timestamps: no sampler runs, every frame is used
+    assert torch.equal(processor("<video> what?", videos=clip)["pixel_values_videos"][0], processor._frames(clip))
+
+    class Model:
+        config = CompactConfig()
+
+    assert CompactProcessor.from_model(Model(), tokenizer).frame_sampler == AdaptiveSampler(32)
+
+
+@pytest.mark.parametrize("sampler", [AdaptiveSampler(8, nms_window=1.0), UniformSampler(8)], ids=["avs", "uniform"])
+def test_a_frame_sampler_of_num_frames_frames_is_used_and_saved(tokenizer, two_shot_video, tmp_path, sampler):
+    processor = tiny(tokenizer, num_frames=8, sampler=sampler)
+    assert processor.frame_sampler is sampler
+    inputs = processor("<video> what is it?", videos=str(two_shot_video))
+    expected = processor._frames(load_video(two_shot_video, sampler=sampler)[0])
+    assert torch.equal(inputs["pixel_values_videos"][0], expected)
+    processor.save_pretrained(tmp_path)
+    loaded = CompactProcessor.from_pretrained(tmp_path)
+    assert loaded.frame_sampler == sampler and loaded.num_frames == 8
+    assert torch.equal(
+        loaded("<video> what is it?", videos=str(two_shot_video))["pixel_values_videos"], inputs["pixel_values_videos"]
+    )
+
+
+def test_a_frame_sampler_with_another_frame_count_is_refused(tokenizer):
+    with pytest.raises(
+        ValueError,
+        match=r"`sampler` must return exactly `num_frames` = 8 frames per video .* got AdaptiveSampler\(budget=4.* "
+        r"which takes 4; pass AdaptiveSampler\(8\) or UniformSampler\(8\) .* or num_frames=4",
+    ):
+        tiny(tokenizer, num_frames=8, sampler=AdaptiveSampler(4))
+    with pytest.raises(ValueError, match=r"got FpsSampler\(fps=1.0, max_frames=None\), which declares no frame count"):
+        tiny(tokenizer, num_frames=8, sampler=FpsSampler(1.0))
+
+
+def test_tensors_and_batched_arrays_are_videos(tokenizer):
+    processor = tiny(tokenizer)
+    clip, other = frames(4), frames(4, 1)
+    expected = processor("<video> a", videos=clip)["pixel_values_videos"]
+    assert torch.equal(processor("<video> a", videos=torch.from_numpy(clip))["pixel_values_videos"], expected)
+    assert torch.equal(processor("<video> a", videos=[torch.from_numpy(clip)])["pixel_values_videos"], expected)
+    texts = ["<video> a", "<video> b"]
+    pair = processor(texts, videos=[clip, other])
+    for batch in (np.stack([clip, other]), torch.from_numpy(np.stack([clip, other]))):  # [B, T, H, W, 3]
+        got = processor(texts, videos=batch)
+        assert all(torch.equal(got[key], pair[key]) for key in pair)
+    with pytest.raises(ValueError, match="one video per text: got 1 texts and 2 videos"):
+        processor("<video> a", videos=np.stack([clip, other]))
+    for bad in (torch.from_numpy(clip[0]), np.zeros((1, 1, 4, 8, 8, 3), np.uint8)):
+        with pytest.raises(
+            ValueError,
+            match=r"`videos` as one array must be \[T, H, W, 3\] frames \(one video\) or \[B, T, H, W, 3\] \(B "
+            r"videos\), got a [36]-D (Tensor|ndarray) of shape",
+        ):
+            processor("<video> a", videos=bad)
+    with pytest.raises(TypeError, match=r"`videos` must be a path, .* got int"):
+        processor("<video> a", videos=3)
+    with pytest.raises(TypeError, match="must have dtype uint8"):
+        processor("<video> a", videos=torch.zeros(4, 8, 8, 3))
 
 
 def test_save_and_load_keep_every_setting(tokenizer, tmp_path):

@@ -1,4 +1,5 @@
-"""Compact compressor pre-training: the shipped recipe, a short run that learns, accumulation, saving, errors."""
+"""Compact compressor pre-training: the shipped recipe (and that it fits the stage recipes' model), a short run that
+learns, accumulation, saving, errors."""
 
 import math
 from pathlib import Path
@@ -8,15 +9,18 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from videoadapt.layers.video_compressor import SpatioTemporalAutoencoder, reconstruction_loss
+from videoadapt.configuration.configuration_compact import CompactConfig
+from videoadapt.layers.video_compressor import SpatioTemporalAutoencoder, SpatioTemporalCompressor, reconstruction_loss
 from videoadapt.recipes import compact_pretrain
 from videoadapt.recipes.compact_pretrain import (
+    COMPRESSOR_FILE,
     PretrainSettings,
     load_autoencoder,
     load_compressor_recipe,
     pretrain_compressor,
     save_autoencoder,
 )
+from videoadapt.recipes.compact_recipes import STAGES, load_recipe
 
 
 SHIPPED = Path(compact_pretrain.__file__).parent / "compact" / "compressor_pretrain.yaml"
@@ -44,7 +48,7 @@ def test_shipped_recipe_has_the_paper_values():
     t = recipe.training
     assert (t.learning_rate, t.batch_size, t.epochs) == (2e-5, 512, 1)
     c = recipe.compressor
-    assert (c.num_blocks, c.num_downsample, c.bottleneck_ratio, c.dim) == (3, 2, 4, 1408)
+    assert (c.num_blocks, c.num_downsample, c.bottleneck_ratio, c.dim) == (3, 2, 4, 1152)
     assert recipe.vision_encoder_frozen is True and recipe.num_frames == 32 and recipe.grid == 16
     assert recipe.latent_tokens() == 8 * 4 * 4
     assert recipe.num_samples == 8_029_456 and "Ego4d" in recipe.datasets
@@ -52,8 +56,25 @@ def test_shipped_recipe_has_the_paper_values():
     assert recipe.sources["training.mse_weight"].startswith("ours")
     with torch.device("meta"):
         model = recipe.build_model()
-    assert sum(p.numel() for p in model.parameters()) == 71_389_824
+    assert sum(p.numel() for p in model.parameters()) == 2 * 6 * (3 * 1152**2 + 1152 * 5 // 4) == 47_793_024
     assert model.init_kwargs == c.kwargs()
+
+
+def test_the_shipped_recipe_pretrains_the_compressor_the_stage_recipes_build():
+    """Its width is the stage recipes' base's (LLaVA-OneVision's SigLIP: 1152, not the paper's 1408-wide ViT-g/14):
+    otherwise its output cannot be loaded into stage 1."""
+    recipe = load_compressor_recipe()
+    assert load_recipe("stage1").compressor_from == "compressor_pretrain"
+    assert load_recipe("stage1").compressor_recipe() == recipe and load_recipe("stage2").compressor_recipe() is None
+    assert CompactConfig().vision_config.hidden_size == 1152  # SigLIP so400m, LLaVA-OneVision's tower
+    for stage in STAGES:
+        config = CompactConfig(**load_recipe(stage).config_overrides())
+        assert recipe.compressor.dim == config.compressor_dim == 1152, stage
+        with torch.device("meta"):
+            built = SpatioTemporalCompressor(**config.compressor_kwargs()).init_kwargs  # what the model builds
+        assert recipe.compressor.kwargs() == {**built, "zero_init_residual": True}
+        assert (recipe.grid, recipe.num_frames) == (config.feature_grid, config.num_frames) == (16, 32)
+    assert "1152" in recipe.sources["compressor.dim"] and "stage" in recipe.sources["compressor.dim"]
 
 
 def _write(tmp_path: Path, edit) -> Path:
@@ -69,7 +90,7 @@ def _write(tmp_path: Path, edit) -> Path:
     [
         (lambda d: d.update(grid=14), r"`grid` \(14\) must be a multiple of the compressor's factor 4"),
         (lambda d: d.update(num_frames=30), r"`num_frames` \(30\) must be a multiple of the compressor's factor 4"),
-        (lambda d: d["compressor"].update(bottleneck_ratio=3), r"`compressor`: `dim` \(1408\) must be divisible by"),
+        (lambda d: d["compressor"].update(bottleneck_ratio=5), r"`compressor`: `dim` \(1152\) must be divisible by"),
         (
             lambda d: d["training"].update(learning_rate=0),
             r"`training.learning_rate` must be a number in \(0.0, 1.0\]",
@@ -189,8 +210,19 @@ def test_training_saves_to_output_path(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
+def test_a_folder_holds_the_file_under_its_standard_name(tmp_path):
+    model = SpatioTemporalAutoencoder(8, zero_init_residual=False)
+    pretrain_compressor(model, smooth_clips(4), PretrainSettings(batch_size=4), output_path=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [COMPRESSOR_FILE] == ["compressor.safetensors"]
+    for source in (tmp_path, tmp_path / COMPRESSOR_FILE):
+        loaded = load_autoencoder(source)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_load_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"`path` must be a safetensors file written by `save_autoencoder`"):
+    with pytest.raises(ValueError, match=r"`path` must be a folder holding compressor.safetensors or a safetensors"):
+        load_autoencoder(tmp_path)
+    with pytest.raises(ValueError, match=r"`path` must be .* a safetensors file written by `save_autoencoder`"):
         load_autoencoder(tmp_path / "missing.safetensors")
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, other)

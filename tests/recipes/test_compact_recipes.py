@@ -1,8 +1,11 @@
 """Compact MLLM recipes: the shipped YAMLs equal the supplement's section 1.4, turn into valid configs,
-TrainingArguments and freezing rules whose gradients reach exactly the trained modules; bad YAMLs fail with errors
-that name the file and the field."""
+TrainingArguments and freezing rules whose gradients reach exactly the trained modules; the pre-trained compressor
+reaches stage 1 (`compressor=`) and stays through stage 2; bad YAMLs fail with errors that name the file and the
+field."""
 
+import dataclasses
 import importlib.resources
+import logging
 
 import pytest
 import torch
@@ -10,8 +13,15 @@ import yaml
 from transformers import AutoTokenizer
 
 from videoadapt.configuration.configuration_compact import CompactConfig
+from videoadapt.layers.video_compressor import SpatioTemporalAutoencoder
 from videoadapt.modeling_compact import CompactForConditionalGeneration
+from videoadapt.processors.processing_compact import CompactProcessor
+from videoadapt.recipes.compact_pretrain import load_compressor_recipe, pretrain_compressor, save_autoencoder
 from videoadapt.recipes.compact_recipes import STAGES, list_recipes, load_recipe
+from videoadapt.recipes.manifest import write_manifest
+from videoadapt.recipes.train import RunOptions, main, train
+from videoadapt.recipes.training import METHODS
+from videoadapt.testing.toy_clips import write_toy_clips
 
 
 # The supplement, section 1.4, by hand: stage -> (learning rate, what it trains); AdamW, batch 512, 32 frames.
@@ -169,3 +179,132 @@ def test_bad_recipes_name_the_file_and_the_field(tmp_path, model):
         uncovered.apply_freezing(model)
     with pytest.raises(ValueError, match=r"shipped Compact MLLM stage recipe \(stage1, stage2, sft\) or a YAML file"):
         load_recipe("stage3")
+
+
+def test_the_compressor_recipe_must_fit_the_stage_model(tmp_path):
+    folder = importlib.resources.files("videoadapt.recipes") / "compact"
+    compressor = yaml.safe_load((folder / "compressor_pretrain.yaml").read_text())
+    compressor["compressor"]["dim"] = 1408  # the paper's ViT-g/14 width, not the stage base's SigLIP (1152)
+    write(tmp_path, compressor, "wide_svc.yaml")
+    path = write(tmp_path, {**shipped("stage1"), "compressor_from": "wide_svc.yaml"})  # next to the stage recipe
+    mismatch = (
+        r"recipe.yaml: `compressor_from` names the compressor recipe 'wide_svc.yaml' .* does not fit this recipe's "
+        r"model: dim=1408 \(model: 1152\); .*set the compressor recipe's `compressor` fields"
+    )
+    with pytest.raises(ValueError, match=mismatch):
+        load_recipe(path)
+    compressor["compressor"]["dim"] = 1152
+    write(tmp_path, compressor, "wide_svc.yaml")
+    assert load_recipe(path).compressor_from == "wide_svc.yaml"
+    unknown = r"`compressor_from` must be a shipped compressor recipe \(compressor_pretrain\) or a compressor recipe "
+    with pytest.raises(ValueError, match=unknown + r"YAML file, got 'nope'"):
+        load_recipe(write(tmp_path, {**shipped("stage1"), "compressor_from": "nope"}))
+
+
+# --------------------------------------------------------------------------------------------- the stage chain
+
+# the tiny model (4 frames) and one short optimiser step per stage
+TINY = ["config.num_frames=4", "processor.num_frames=4", "max_steps=1", "per_device_train_batch_size=2",
+        "gradient_accumulation_steps=1", "save_strategy=no", "report_to=none", "disable_tqdm=true", "warmup_steps=0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compact_data")
+    rows = [
+        {
+            "id": f"train/{i}",
+            "split": "train",
+            **clip,
+            "question": "what color is it?",
+            "answers": [["red", "blue"][i]],
+        }
+        for i, clip in enumerate(write_toy_clips(root, 2))
+    ]
+    write_manifest(rows, root / "data.jsonl")
+    return root / "data.jsonl"
+
+
+def _untrained_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "untrained" in r.getMessage()]
+
+
+def _compressor_equals(model: CompactForConditionalGeneration, state: dict) -> bool:
+    return all(torch.equal(value, state[name]) for name, value in model.model.compressor.state_dict().items())
+
+
+def test_the_pretrained_compressor_reaches_stage1_and_stays_through_stage2(
+    tiny_checkpoints, toy_manifest, tmp_path, caplog
+):
+    base = tiny_checkpoints["llava_onevision"]
+    # compressor pre-training: the shipped recipe's architecture at the tiny tower's width, on the tiny model's own
+    # compressor inputs (the frozen tower's grids), written to a folder
+    model = CompactForConditionalGeneration.from_pretrained(base, num_frames=4)
+    processor = CompactProcessor.from_model(model, AutoTokenizer.from_pretrained(base), num_frames=4)
+    videos = [str(toy_manifest.parent / f"v{i}.mp4") for i in range(2)]
+    with torch.no_grad():
+        pixels = processor(["<video> q"] * 2, videos=videos)["pixel_values_videos"]
+        features = model.model.get_compressor_inputs(pixels)  # [2, 4, 16, 16, 32]
+    recipe = load_compressor_recipe()
+    autoencoder = SpatioTemporalAutoencoder(**{**recipe.compressor.kwargs(), "dim": model.config.compressor_dim})
+    settings = dataclasses.replace(recipe.training, batch_size=2, learning_rate=1e-2)
+    svc = tmp_path / "svc"
+    svc.mkdir()
+    pretrain_compressor(autoencoder, features, settings, output_path=svc, progress=False)
+    pretrained = autoencoder.encoder.state_dict()
+    assert not _compressor_equals(model, pretrained)  # a fresh compressor is not the pre-trained one
+
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    data = [f"train={toy_manifest}", *TINY]
+    with caplog.at_level(logging.WARNING):
+        argv = ["--recipe", "compact/stage1", f"compressor={svc}", f"model={base}", f"output_dir={stage1}", *data]
+        assert main(argv) == 0
+        trained = CompactForConditionalGeneration.from_pretrained(stage1 / "model")
+        assert _compressor_equals(trained, pretrained)
+        projector = (
+            trained.model.multi_modal_projector.linear_1.weight,
+            model.model.multi_modal_projector.linear_1.weight,
+        )
+        assert not torch.equal(*projector)  # stage 1 trained the projector on the pre-trained compressor's tokens
+        assert main(["--recipe", "compact/stage2", f"model={stage1 / 'model'}", f"output_dir={stage2}", *data]) == 0
+    assert _untrained_warnings(caplog) == []
+    assert _compressor_equals(CompactForConditionalGeneration.from_pretrained(stage2 / "model"), pretrained)
+
+    options = RunOptions(train=str(toy_manifest), output_dir=str(tmp_path / "x"), model=str(stage1 / "model"))
+    with pytest.raises(
+        ValueError,
+        match=r"recipe 'stage2' \(init_from 'stage1'\) starts from the earlier stage's output, which carries the "
+        r"compressor; drop `compressor=`",
+    ):
+        train("compact/stage2", dataclasses.replace(options, compressor=str(svc)), config={"num_frames": 4})
+
+
+def test_stage1_without_a_pretrained_compressor_warns(tiny_checkpoints, caplog):
+    spec, recipe = METHODS["compact"], load_recipe("stage1")
+    with caplog.at_level(logging.WARNING):
+        spec.build(recipe, None, tiny_checkpoints["llava_onevision"], {"num_frames": 4}, {"num_frames": 4})
+    (message,) = _untrained_warnings(caplog)
+    assert "4 x 4 x 4 average pooling" in message and "`compressor=<folder>`" in message
+    assert "recipe 'compressor_pretrain'" in message
+
+
+def test_compressor_errors_name_the_field_and_the_fix(tiny_checkpoints, tmp_path):
+    spec, recipe = METHODS["compact"], load_recipe("stage1")
+    base = tiny_checkpoints["llava_onevision"]
+
+    def build(compressor):
+        return spec.build(recipe, None, base, {"num_frames": 4}, {"num_frames": 4}, compressor=compressor)
+
+    missing = r"`compressor` must be the compressor pre-training output .*got '.*nowhere', which does not exist; "
+    with pytest.raises(ValueError, match=missing + "pre-train it first"):
+        build(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"`compressor=.*empty`: .*must be a folder holding compressor.safetensors"):
+        build(tmp_path / "empty")
+    save_autoencoder(SpatioTemporalAutoencoder(64), tmp_path / "wide.safetensors")
+    wide = r"`compressor=.*wide.safetensors` does not fit the model built from .*: .*dim=64 \(model: 32\)"
+    with pytest.raises(ValueError, match=wide):
+        build(tmp_path / "wide.safetensors")
+    reef = METHODS["reef"]
+    with pytest.raises(ValueError, match=r"`compressor=` loads Compact's pre-trained compressor; reef recipes have "):
+        reef.build(reef.load_recipe("msvd_qa"), "main", base, {}, {}, compressor="x")
