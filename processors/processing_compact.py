@@ -22,6 +22,7 @@ from videoadapt.configuration.configuration_compact import compact_video_tokens,
 from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FrameSampler
+from videoadapt.processors.video_inputs import frames_array, video_list
 from videoadapt.processors.video_io import load_video
 
 
@@ -39,31 +40,6 @@ def _declared_frames(sampler: FrameSampler) -> int | None:
         if isinstance(count, int) and not isinstance(count, bool):
             return count
     return None
-
-
-def _video_list(videos: Any) -> list[Any]:
-    """`videos` as a list of single videos: a path or [T, H, W, 3] frames (array or tensor) is one video, a
-    [B, T, H, W, 3] array or tensor is B videos, a list or tuple holds one video per item."""
-    if videos is None:
-        return []
-    if isinstance(videos, str | os.PathLike):
-        return [videos]
-    if isinstance(videos, np.ndarray | torch.Tensor):
-        if videos.ndim == 4:
-            return [videos]
-        if videos.ndim == 5:
-            return list(videos)
-        raise ValueError(
-            f"`videos` as one array must be [T, H, W, 3] frames (one video) or [B, T, H, W, 3] (B videos), got a "
-            f"{videos.ndim}-D {type(videos).__name__} of shape {tuple(videos.shape)}; add or remove the batch axis, "
-            "or pass a list of videos."
-        )
-    if isinstance(videos, list | tuple):
-        return list(videos)
-    raise TypeError(
-        "`videos` must be a path, [T, H, W, 3] uint8 frames (numpy array or torch tensor), a [B, T, H, W, 3] batch "
-        f"or a list of paths / frames, got {type(videos).__name__}."
-    )
 
 
 class CompactProcessor(ProcessorMixin):
@@ -178,9 +154,7 @@ class CompactProcessor(ProcessorMixin):
             times = metadata.timestamps.tolist()
             where = f"the {self.sampler} sampler returned {len(clip)} frames of {os.fspath(video)!r}"
         else:
-            clip = video.numpy(force=True) if isinstance(video, torch.Tensor) else np.asarray(video)
-            if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
-                raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
+            clip = frames_array(video)
             where = f"a video of {len(clip)} frames was given"
         if len(clip) % f:
             raise ValueError(
@@ -208,7 +182,7 @@ class CompactProcessor(ProcessorMixin):
         sampled frames' times in seconds (None for frames given as arrays; pop it before calling the model).
         """
         texts = [text] if isinstance(text, str) else list(text)
-        videos = _video_list(videos)
+        videos = video_list(videos)
         token = self.tokenizer.video_token
         if (videos and len(videos) != len(texts)) or (not videos and any(token in t for t in texts)):
             raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(videos)} videos.")

@@ -21,6 +21,7 @@ from videoadapt.configuration.configuration_dynfocus import dynfocus_video_token
 from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FpsSampler, FrameSampler
+from videoadapt.processors.video_inputs import frames_array, video_list
 from videoadapt.processors.video_io import load_video
 
 
@@ -101,9 +102,7 @@ class DynFocusProcessor(ProcessorMixin):
         if isinstance(video, str | os.PathLike):
             frames, metadata = load_video(video, self.sampler)
             return frames, metadata.timestamps.tolist()
-        clip = np.asarray(video)
-        if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
-            raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
+        clip = frames_array(video)
         count = len(clip)
         if count > self.max_frames:  # uniform over the array, as `FpsSampler` caps a path's 1 fps grid
             clip = clip[np.arange(self.max_frames, dtype=np.int64) * count // self.max_frames]
@@ -118,11 +117,7 @@ class DynFocusProcessor(ProcessorMixin):
         "video_timestamps": per video the frames' times in seconds (None for frames given as arrays).
         """
         texts = [text] if isinstance(text, str) else list(text)
-        if videos is None:
-            videos = []
-        elif isinstance(videos, str | os.PathLike) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
-            videos = [videos]
-        loaded = [self._clip(v) for v in videos]
+        loaded = [self._clip(v) for v in video_list(videos)]
         clips, timestamps = [clip for clip, _ in loaded], [times for _, times in loaded]
         token = self.tokenizer.video_token
         if (clips and len(clips) != len(texts)) or (not clips and any(token in t for t in texts)):

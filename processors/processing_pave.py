@@ -30,6 +30,7 @@ from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dic
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FrameSampler
 from videoadapt.processors.side_channels import SideChannelFeatures
+from videoadapt.processors.video_inputs import frames_array, video_list
 from videoadapt.processors.video_io import load_video
 
 
@@ -155,7 +156,7 @@ class PaveProcessor(ProcessorMixin):
         if isinstance(video, str | os.PathLike):
             frames, metadata = load_video(video, self.sampler)
             return frames, metadata.timestamps.tolist()
-        return video, None
+        return frames_array(video), None
 
     def __call__(
         self,
@@ -174,7 +175,7 @@ class PaveProcessor(ProcessorMixin):
         "video_timestamps": per video, the sampled frames' times in seconds (None for frames given as arrays).
         """
         texts = [text] if isinstance(text, str) else list(text)
-        videos = [] if videos is None else [videos] if isinstance(videos, str | os.PathLike | np.ndarray) else videos
+        videos = video_list(videos)
         video_token = self.tokenizer.video_token
         if videos and len(videos) != len(texts) or not videos and any(video_token in t for t in texts):
             raise ValueError(f"pass one video per text: got {len(texts)} texts and {len(videos)} videos.")

@@ -12,7 +12,6 @@ Shape legend: B videos, T frames, S frame side, L instruction tokens.
 """
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from transformers import BatchFeature, ProcessorMixin
 from videoadapt.processors.adaptive_sampling import make_sampler, sampler_to_dict
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FrameSampler
+from videoadapt.processors.video_inputs import frames_array, video_list
 from videoadapt.processors.video_io import load_video
 
 
@@ -111,10 +111,7 @@ class ReefProcessor(ProcessorMixin):
         if isinstance(video, str | os.PathLike):
             frames, metadata = load_video(video, self.sampler)
             return frames, metadata.timestamps.tolist()
-        clip = np.asarray(video)
-        if clip.ndim != 4 or clip.shape[0] < 1 or clip.shape[-1] != 3:
-            raise ValueError(f"a video must be a path or [T, H, W, 3] frames with T >= 1, got shape {clip.shape}.")
-        return clip, None
+        return frames_array(video), None
 
     def __call__(
         self,
@@ -132,7 +129,7 @@ class ReefProcessor(ProcessorMixin):
         """
         texts = [text] if isinstance(text, str) else list(text)
         prompts = [self.prompt_template.format(t) if self.prompt_template else t for t in texts]
-        loaded = [] if videos is None else [self._clip(v) for v in _as_list(videos)]
+        loaded = [self._clip(v) for v in video_list(videos)]
         clips, timestamps = [clip for clip, _ in loaded], [times for _, times in loaded]
         if clips and len(clips) != len(prompts):
             raise ValueError(f"pass one video per text: got {len(prompts)} texts and {len(clips)} videos.")
@@ -155,9 +152,3 @@ class ReefProcessor(ProcessorMixin):
         if return_timestamps:
             data["video_timestamps"] = timestamps
         return BatchFeature(data, tensor_type=None)
-
-
-def _as_list(videos: Any) -> Sequence[Any]:
-    if isinstance(videos, str | os.PathLike) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
-        return [videos]
-    return list(videos)
