@@ -23,7 +23,16 @@ from videoadapt.caption_scores import corpus_bleu, corpus_cider_d, corpus_rouge_
 from videoadapt.caption_tokenizer import ptb_tokenize
 
 
-__all__ = ["Bleu", "Cider", "ReferenceMetric", "RougeL", "check_text_inputs", "reference_features"]
+__all__ = [
+    "Bleu",
+    "Cider",
+    "InMemoryMetric",
+    "ReferenceMetric",
+    "RougeL",
+    "check_batch",
+    "check_text_inputs",
+    "reference_features",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -49,14 +58,9 @@ def _check_references(value: Any, name: str) -> list[str]:
     return [_check_text(ref, f"{name}[{j}]") for j, ref in enumerate(value)]
 
 
-def check_text_inputs(predictions: Any, references: Any) -> tuple[list[str], list[list[str]]]:
-    """Validate a batch: one prediction str and one reference str or non-empty list of str per example.
-
-    Returns:
-        (predictions as a list of str, references as a list of lists of str)
-    Raises:
-        TypeError / ValueError naming the argument (and index) at fault.
-    """
+def check_batch(predictions: Any, references: Any) -> tuple[list, list]:
+    """A batch's two columns as lists (numpy arrays and tensors via `tolist`): not a bare str, the same length and
+    not empty; raises TypeError / ValueError naming the argument at fault."""
     predictions, references = (v.tolist() if hasattr(v, "tolist") else v for v in (predictions, references))  # numpy
     for name, value in (("predictions", predictions), ("references", references)):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -65,11 +69,23 @@ def check_text_inputs(predictions: Any, references: Any) -> tuple[list[str], lis
             )
     if len(predictions) != len(references):
         raise ValueError(
-            "`predictions` and `references` must have the same length (one reference list per prediction), got "
+            "`predictions` and `references` must have the same length (one entry each per example), got "
             f"{len(predictions)} predictions and {len(references)} references."
         )
     if not predictions:
         raise ValueError("`predictions` is empty; a score over zero examples is undefined, pass at least one example.")
+    return list(predictions), list(references)
+
+
+def check_text_inputs(predictions: Any, references: Any) -> tuple[list[str], list[list[str]]]:
+    """Validate a batch: one prediction str and one reference str or non-empty list of str per example.
+
+    Returns:
+        (predictions as a list of str, references as a list of lists of str)
+    Raises:
+        TypeError / ValueError naming the argument (and index) at fault.
+    """
+    predictions, references = check_batch(predictions, references)
     return (
         [_check_text(p, f"predictions[{i}]") for i, p in enumerate(predictions)],
         [_check_references(r, f"references[{i}]") for i, r in enumerate(references)],
@@ -85,12 +101,26 @@ def reference_features() -> list[datasets.Features]:
     ]
 
 
-class ReferenceMetric(evaluate.Metric):
-    """Base of the text metrics: one prediction str and one or more reference strs per example (a single str is one
-    reference). Inputs are validated before `evaluate` stores them; kept in memory by default (no cache files)."""
+class InMemoryMetric(evaluate.Metric):
+    """Base of the shipped metrics: kept in memory by default (no cache files), and `compute()` with no examples
+    (none passed, none added since the last `compute`) raises a ValueError saying so."""
 
     def __init__(self, *args: Any, keep_in_memory: bool = True, **kwargs: Any):
         super().__init__(*args, keep_in_memory=keep_in_memory, **kwargs)
+
+    def compute(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> dict | None:
+        """Score the examples added so far plus `predictions` / `references` if given (see the metric's inputs)."""
+        if predictions is None and references is None and self.writer is None:
+            raise ValueError(
+                f"`{type(self).__name__}.compute()` has no examples: pass `predictions=` and `references=`, or call "
+                "`add` / `add_batch` first (each `compute` consumes the examples added before it)."
+            )
+        return super().compute(predictions=predictions, references=references, **kwargs)
+
+
+class ReferenceMetric(InMemoryMetric):
+    """Base of the text metrics: one prediction str and one or more reference strs per example (a single str is one
+    reference). Inputs are validated before `evaluate` stores them; kept in memory by default (no cache files)."""
 
     def add_batch(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> None:
         """Validate, then add a batch of predictions and references (a str or a list of str per prediction)."""

@@ -2,7 +2,8 @@
 
 Legend: N examples; example i has one hypothesis (the prediction) and R_i >= 1 references. A *sentence* is a list of
 tokens; an *n-gram* a tuple of n consecutive tokens (n = 1..4). Given the same tokens, every function equals
-pycocoevalcap's scorer (`videoadapt.caption_metrics` wraps them as `evaluate.Metric`s that also tokenise):
+pycocoevalcap's scorer (but see `corpus_rouge_l` on empty sentences; `videoadapt.caption_metrics` wraps them as
+`evaluate.Metric`s that also tokenise):
 
     >>> corpus_rouge_l([["a", "man", "rides"]], [[["a", "man", "riding"], ["a", "rider"]]])[0]
     0.6666666666666666
@@ -129,7 +130,8 @@ def corpus_rouge_l(
 ) -> tuple[float, list[float]]:
     """ROUGE-L as coco-caption: per example P = max over references of LCS / |prediction|, R = max of LCS / |ref|
     (maxima taken separately), F = (1 + b^2) P R / (R + b^2 P) with b = 1.2 (0 when P or R is 0; an empty sentence
-    has P or R 0).
+    has P or R 0). One deliberate difference: coco-caption splits on " ", so to it an empty sentence is the one token
+    "" and an empty prediction scores 1 against an empty reference; here it scores 0.
 
     Returns:
         (corpus score: mean over examples, per-example scores)

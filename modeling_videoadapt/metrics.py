@@ -23,6 +23,7 @@ re-exported here. Every text metric takes one prediction str and a str or a non-
 example.
 """
 
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +31,15 @@ from typing import Any
 import datasets
 import evaluate
 
-from videoadapt.caption_metrics import Bleu, Cider, ReferenceMetric, RougeL, reference_features
+from videoadapt.caption_metrics import (
+    Bleu,
+    Cider,
+    InMemoryMetric,
+    ReferenceMetric,
+    RougeL,
+    check_batch,
+    reference_features,
+)
 from videoadapt.caption_tokenizer import ptb_tokenize
 from videoadapt.meteor_metric import Meteor, MeteorUnavailableError, meteor_unavailable_reason
 
@@ -43,6 +52,7 @@ __all__ = [
     "Meteor",
     "MeteorUnavailableError",
     "RougeL",
+    "check_label_inputs",
     "meteor_unavailable_reason",
     "normalize_answer",
     "normalize_scanqa_answer",
@@ -66,7 +76,7 @@ collapsed whitespace, no trailing punctuation) when `normalize=True`.
 
 _INPUTS = """\
 Args:
-    predictions: list of int class ids or str answers.
+    predictions: list of int class ids or str answers (integral floats such as 2.0 count as ints).
     references: list of the same type and length.
     normalize: compare strings after `normalize_answer` (default False: exact match as given).
     sample_weight: optional list of non-negative weights, one per example.
@@ -78,11 +88,37 @@ Example:
 """
 
 
-class Accuracy(evaluate.Metric):
-    """Exact-match accuracy over class ids or answer strings; kept in memory by default (no cache files)."""
+def _check_label(value: Any, name: str) -> int | str:
+    """One class id (an int, numpy int, or integral float such as 2.0) or str answer."""
+    if isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer()):
+        return int(value)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be an int class id or a str answer, got {type(value).__name__} ({value!r:.40}); "
+            "pass class ids (e.g. `logits.argmax(-1)`), not scores."
+        )
+    return value
 
-    def __init__(self, *args: Any, keep_in_memory: bool = True, **kwargs: Any):
-        super().__init__(*args, keep_in_memory=keep_in_memory, **kwargs)
+
+def check_label_inputs(predictions: Any, references: Any) -> tuple[list[int | str], list[int | str]]:
+    """Validate a batch of `Accuracy`: lists of the same length, not empty, every entry an int class id or every
+    entry a str answer. Raises TypeError / ValueError naming the argument (and index) at fault."""
+    predictions, references = check_batch(predictions, references)
+    predictions = [_check_label(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+    references = [_check_label(r, f"references[{i}]") for i, r in enumerate(references)]
+    kind = isinstance(predictions[0], str)
+    for name, values in (("predictions", predictions), ("references", references)):
+        for i, value in enumerate(values):
+            if isinstance(value, str) != kind:
+                raise TypeError(
+                    f"`{name}[{i}]` is {type(value).__name__} but `predictions[0]` is "
+                    f"{type(predictions[0]).__name__}: pass only int class ids or only str answers."
+                )
+    return predictions, references
+
+
+class Accuracy(InMemoryMetric):
+    """Exact-match accuracy over class ids or answer strings; kept in memory by default (no cache files)."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -95,6 +131,16 @@ class Accuracy(evaluate.Metric):
             ],
         )
 
+    def add_batch(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> None:
+        """Validate, then add a batch of predictions and references (int class ids or str answers)."""
+        predictions, references = check_label_inputs(predictions, references)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction: Any = None, reference: Any = None, **kwargs: Any) -> None:
+        """Validate, then add one prediction and its reference (int class ids or str answers)."""
+        (prediction,), (reference,) = check_label_inputs([prediction], [reference])
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
     def _compute(
         self,
         predictions: Sequence[int | str],
@@ -102,10 +148,6 @@ class Accuracy(evaluate.Metric):
         normalize: bool = False,
         sample_weight: Sequence[float] | None = None,
     ) -> dict[str, float]:
-        if len(predictions) != len(references):
-            raise ValueError(f"got {len(predictions)} predictions for {len(references)} references.")
-        if not predictions:
-            raise ValueError("accuracy of zero examples is undefined; pass at least one prediction.")
         if normalize:
             predictions = [normalize_answer(p) if isinstance(p, str) else p for p in predictions]
             references = [normalize_answer(r) if isinstance(r, str) else r for r in references]

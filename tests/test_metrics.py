@@ -1,8 +1,10 @@
-"""The shipped text metrics: BLEU-1..4, CIDEr-D, ROUGE-L and METEOR against pycocoevalcap's scorers (same tokens),
-hand-computed values, the PTB-style tokeniser, ScanQA / SQA3D EM@1, input errors and the METEOR process plumbing."""
+"""The shipped metrics: BLEU-1..4, CIDEr-D, ROUGE-L and METEOR against pycocoevalcap's scorers (same tokens),
+hand-computed values, the PTB-style tokeniser, ScanQA / SQA3D EM@1, input errors (also of Accuracy) and the METEOR
+process plumbing."""
 
 import math
 import os
+import random
 import stat
 import sys
 import threading
@@ -14,6 +16,7 @@ import pytest
 from videoadapt import meteor_metric
 from videoadapt.caption_scores import corpus_bleu, corpus_cider_d, corpus_rouge_l
 from videoadapt.metrics import (
+    Accuracy,
     Bleu,
     Cider,
     ExactMatchAt1,
@@ -117,6 +120,27 @@ def test_bleu_cider_rouge_equal_pycocoevalcap(corpus):
         pytest.approx(coco_rouge, abs=1e-6)
     )
     assert corpus_rouge_l(*tokens(corpus))[1] == pytest.approx(list(coco_rouge_per_example), abs=1e-6)
+
+
+def test_scorers_equal_pycocoevalcap_on_random_corpora():
+    """Random corpora over a 5-word vocabulary (many shared n-grams, ties in reference length, empty predictions)."""
+    pytest.importorskip("pycocoevalcap")
+    from pycocoevalcap.bleu.bleu import Bleu as CocoBleu
+    from pycocoevalcap.cider.cider import Cider as CocoCider
+    from pycocoevalcap.rouge.rouge import Rouge as CocoRouge
+
+    rng = random.Random(0)
+    for _ in range(100):
+        hypotheses = [rng.choices("abcde", k=rng.randint(0, 7)) for _ in range(rng.randint(1, 6))]
+        references = [
+            [rng.choices("abcde", k=rng.randint(1, 7)) for _ in range(rng.randint(1, 4))] for _ in hypotheses
+        ]
+        gts = {i: [" ".join(ref) for ref in refs] for i, refs in enumerate(references)}
+        res = {i: [" ".join(hyp)] for i, hyp in enumerate(hypotheses)}
+        bleu = corpus_bleu(hypotheses, references)
+        assert [bleu[f"bleu_{n}"] for n in range(1, 5)] == pytest.approx(CocoBleu(4).compute_score(gts, res, 0)[0])
+        assert corpus_cider_d(hypotheses, references)[1] == pytest.approx(list(CocoCider().compute_score(gts, res)[1]))
+        assert corpus_rouge_l(hypotheses, references)[1] == pytest.approx(list(CocoRouge().compute_score(gts, res)[1]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,6 +265,15 @@ PTB_CASES = {
     "Mr. Smith's kids' toys, 1,000 of them": "mr. smith 's kids toys 1,000 of them",
     "cannot \u2014 e-mail foo@bar.com 50% km/h": "can not e-mail foo@bar.com 50 % km/h",
     "  ÉCOLE\tcafé\nx_y  ": "école café x_y",
+    # numbers head hyphenated words; a.b.c is one word
+    "Cut the 1.5-inch pipe by the 1,000-year-old tree.": "cut the 1.5-inch pipe by the 1,000-year-old tree",
+    "the a.b.c code": "the a.b.c code",
+    # a single letter keeps its "." unless a capitalised sentence opener follows ("It", "The", ...)
+    "The answer is B. It is not C.": "the answer is b it is not c.",
+    # abbreviations keep their "." ("no." only before a number)
+    "Option a. or option c., see fig. 3 etc.": "option a. or option c. see fig. 3 etc.",
+    "Dr. Smith met Gen. Lee in Jan. at Acme Inc.": "dr. smith met gen. lee in jan. at acme inc.",
+    "No. 5, or no.": "no. 5 or no",
     "--  ...  ; : , ' `": "",
 }
 
@@ -322,6 +355,42 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_naming_the_argument(metric_cls, predictions, references, error, message):
     with pytest.raises(error, match=message):
         metric_cls().compute(predictions=predictions, references=references)
+
+
+ACCURACY_BAD_INPUTS = [
+    ("ab", "ab", TypeError, r"`predictions` must be a list"),  # a str used to be scored character by character
+    ([1.5, 2], [1, 2], TypeError, r"`predictions\[0\]` must be an int class id or a str answer, got float"),
+    (["a", 1], ["a", "b"], TypeError, r"`predictions\[1\]` is int but `predictions\[0\]` is str"),
+    ([1], ["1"], TypeError, r"`references\[0\]` is str but `predictions\[0\]` is int"),
+    ([], [], ValueError, r"`predictions` is empty"),
+    ([0, 1], [0], ValueError, r"same length.*2 predictions and 1 references"),
+]
+
+
+@pytest.mark.parametrize("predictions, references, error, message", ACCURACY_BAD_INPUTS)
+def test_accuracy_rejects_bad_inputs(predictions, references, error, message):
+    with pytest.raises(error, match=message):
+        Accuracy().compute(predictions=predictions, references=references)
+
+
+def test_accuracy_accepts_numpy_and_integral_floats_and_checks_single_adds():
+    assert Accuracy().compute(predictions=[np.int64(1), 2.0, True], references=np.array([1, 2, 0])) == {
+        "accuracy": pytest.approx(2 / 3)
+    }
+    with pytest.raises(TypeError, match=r"`predictions\[0\]` must be an int class id or a str answer, got NoneType"):
+        Accuracy().add(prediction=None, reference=1)
+
+
+@pytest.mark.parametrize("metric_cls", [Accuracy, *TEXT_METRICS])
+def test_compute_without_examples_raises(metric_cls):
+    metric = metric_cls()
+    with pytest.raises(ValueError, match=r"has no examples.*`add` / `add_batch`"):
+        metric.compute()
+    text = metric_cls is not Accuracy
+    metric.add_batch(predictions=["a b"] if text else [1], references=[["a b"]] if text else [1])
+    metric.compute()
+    with pytest.raises(ValueError, match=r"has no examples"):  # the first compute consumed the examples
+        metric.compute()
 
 
 @pytest.mark.parametrize("scorer", [corpus_bleu, corpus_cider_d, corpus_rouge_l])
