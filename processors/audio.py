@@ -9,6 +9,9 @@ to 1024 samples. In mp4 the edit list makes the demuxer drop the priming samples
 at t = 0, but the end padding is still decoded. `load_audio` trims it by cutting the waveform to the
 stream's declared duration, so an N-second track gives exactly `N * sample_rate` samples.
 
+Time zero: by default the track's first sample. A video's streams need not start together (MPEG-TS, edited or
+recorded files); `align_to_video=True` counts time from the first video frame instead, as `load_video` does.
+
 Shape legend:
     C - audio channels
     S - audio samples
@@ -25,7 +28,7 @@ import av
 import numpy as np
 
 from videoadapt.processors.errors import MediaError
-from videoadapt.processors.video_io import open_media
+from videoadapt.processors.video_io import open_media, probe_video
 
 
 __all__ = ["AudioMetadata", "clip_audio", "clip_start_times", "load_audio"]
@@ -43,20 +46,29 @@ class AudioMetadata:
     sample_rate: int  # of the returned waveform
     num_samples: int
     duration: float  # seconds
-    start: float  # time of the first returned sample in the source track, seconds
+    start: float  # time of the first returned sample, seconds from t = 0 (see `origin`)
     source_sample_rate: int
     source_channels: int
     source_codec: str
     source_duration: float | None  # the stream's declared duration, seconds (None if the container has none)
+    source_start: float  # container time of the track's first sample, seconds
+    origin: float  # container time of t = 0: `source_start`, or the first video frame's with `align_to_video`
 
 
-def _decode(path: str, container: av.container.InputContainer, sample_rate: int, stop: int | None) -> np.ndarray:
-    """Decode the first audio stream to `[C, S]` float32 at `sample_rate`, stopping past sample `stop`."""
+def _decode(
+    path: str, container: av.container.InputContainer, sample_rate: int, stop: int | None, origin: float | None
+) -> tuple[np.ndarray, float]:
+    """Decode the first audio stream to `[C, S]` float32 at `sample_rate`, stopping past sample `stop` counted from
+    `origin` (container seconds; None: the first sample). Also returns the container time of the first sample."""
     stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="fltp", layout=None, rate=sample_rate)  # keep the channels
-    chunks, total = [], 0
+    chunks, total, first_time = [], 0, None
     try:
         for frame in container.decode(stream):
+            if first_time is None:  # after the decoder dropped the codec's priming samples
+                first_time = float(frame.time) if frame.time is not None else _stream_start(stream)
+                if stop is not None and origin is not None:
+                    stop = stop + round((origin - first_time) * sample_rate)  # the same instant, in track samples
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray())  # (C, s)
                 total += out.samples
@@ -67,7 +79,17 @@ def _decode(path: str, container: av.container.InputContainer, sample_rate: int,
         raise MediaError(path, f"corrupt or truncated audio stream ({error})") from error
     if not chunks:
         raise MediaError(path, "the audio stream decodes to no samples; the file is empty or corrupt")
-    return np.concatenate(chunks, axis=1)  # (C, S)
+    return np.concatenate(chunks, axis=1), first_time  # (C, S)
+
+
+def _stream_start(stream: av.stream.Stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def _first_frame_time(path: str) -> float:
+    """Container time in seconds of the first video frame: t = 0 of `load_video`'s timestamps."""
+    index = probe_video(path)
+    return float(index.pts[0] * index.time_base)
 
 
 def load_audio(
@@ -76,22 +98,27 @@ def load_audio(
     sample_rate: int = 16000,
     start: float | None = None,
     end: float | None = None,
+    align_to_video: bool = False,
 ) -> tuple[np.ndarray, AudioMetadata]:
     """Load the audio of a video or audio file as a mono float32 waveform.
 
     Args:
         path: a video with an audio track, or an audio file (wav, flac, m4a, mp3, ...). The first audio
-            stream is used; t = 0 is its first sample.
+            stream is used; t = 0 is its first sample (see `align_to_video`).
         sample_rate: output sample rate in Hz.
         start: window start in seconds (default 0; rounded to the nearest sample); must be before the end of the audio.
         end: window end in seconds (default: end of the audio; clipped to it).
+        align_to_video: count time from the first frame of the file's own video stream (the `timestamps` of
+            `load_video`) instead of from the first audio sample. Streams of one file need not start together
+            (MPEG-TS, edited or recorded files): audio that starts after the first frame is preceded by silence,
+            audio before it is dropped. Use it for a video's own audio track.
 
     Returns:
         `(waveform, metadata)`: waveform `[S]` float32 in [-1, 1], the mean of the source channels.
 
     Raises:
-        MediaError: missing file, not a media file, no audio stream, corrupt/truncated audio, `start`
-            past the end of the audio.
+        MediaError: missing file, not a media file, no audio stream (or no video stream with `align_to_video`),
+            corrupt/truncated audio, `start` past the end of the audio.
     """
     path = os.fspath(path)
     if sample_rate <= 0:
@@ -101,10 +128,11 @@ def load_audio(
     with open_media(path) as container:
         if not container.streams.audio:
             raise MediaError(path, _NO_AUDIO)
+        origin = _first_frame_time(path) if align_to_video else None
         stream = container.streams.audio[0]
         declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
         stop = None if end is None else round(end * sample_rate)
-        channels = _decode(path, container, sample_rate, stop)  # (C, S)
+        channels, source_start = _decode(path, container, sample_rate, stop, origin)  # (C, S)
         codec, source_rate, source_channels = stream.codec_context.name, stream.sample_rate, stream.channels
     if declared is not None:  # drop the codec's end padding (AAC: up to one frame)
         if stop is None and channels.shape[1] < (declared - max(0.5, 0.02 * declared)) * sample_rate:
@@ -112,6 +140,14 @@ def load_audio(
             raise MediaError(path, f"truncated audio: decoded {decoded:.3f} s of the declared {declared:.3f} s")
         channels = channels[:, : round(declared * sample_rate)]
     waveform = channels.mean(axis=0, dtype=np.float32)  # (S,)
+    origin = source_start if origin is None else origin
+    shift = round((source_start - origin) * sample_rate)  # > 0: the audio starts after t = 0
+    if -shift >= waveform.shape[0]:
+        raise MediaError(path, "the audio track ends before the first video frame; it holds no audio for the video")
+    if shift > 0:
+        waveform = np.concatenate([np.zeros(shift, dtype=np.float32), waveform])  # silence until the audio starts
+    elif shift < 0:
+        waveform = waveform[-shift:]  # drop the audio before t = 0
     first = 0 if start is None else round(start * sample_rate)
     if first >= waveform.shape[0]:
         length = waveform.shape[0] / sample_rate
@@ -126,6 +162,8 @@ def load_audio(
         source_channels=source_channels,
         source_codec=codec,
         source_duration=declared,
+        source_start=source_start,
+        origin=origin,
     )
     return waveform, metadata
 

@@ -14,8 +14,9 @@ Rules (see docs/fidelity.md):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -46,6 +47,8 @@ class VideoIndex:
         fps: average frame rate of the stream.
         duration: seconds from the first frame's start to the last frame's end.
         width, height: coded frame size.
+        keyframe_dts: [K] int64 decode timestamps of the keyframes, in the order of `keyframe_pts` (their pts where
+            the container gives no dts); None: unknown. Demuxers that seek by decode time (MPEG-TS) need these.
     """
 
     path: str
@@ -56,6 +59,7 @@ class VideoIndex:
     duration: float
     width: int
     height: int
+    keyframe_dts: np.ndarray | None = None
 
     @property
     def total_frames(self) -> int:
@@ -85,6 +89,11 @@ def frames_shown_at(index: VideoIndex, times: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, index.total_frames - 1).astype(np.int64)
 
 
+def _is_count(value) -> bool:
+    """An int >= 1 (numpy ints included, bools not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+
 @dataclass(frozen=True)
 class UniformSampler:
     """`num_frames` frames spread evenly: i_k = floor(k * F / N) (transformers' uniform rule)."""
@@ -92,8 +101,9 @@ class UniformSampler:
     num_frames: int
 
     def __post_init__(self):
-        if not isinstance(self.num_frames, int) or isinstance(self.num_frames, bool) or self.num_frames < 1:
+        if not _is_count(self.num_frames):
             raise ValueError(f"`num_frames` must be an int >= 1, got {self.num_frames!r}.")
+        object.__setattr__(self, "num_frames", int(self.num_frames))  # numpy ints too
 
     def __call__(self, index: VideoIndex) -> np.ndarray:
         total = index.total_frames
@@ -114,10 +124,13 @@ class FpsSampler:
     max_frames: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.fps, (int, float)) or not math.isfinite(self.fps) or self.fps <= 0:
+        fps = self.fps
+        if not isinstance(fps, numbers.Real) or isinstance(fps, bool) or not math.isfinite(fps) or fps <= 0:
             raise ValueError(f"`fps` must be a finite number > 0, got {self.fps!r}.")
-        if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
+        if self.max_frames is not None and not _is_count(self.max_frames):
             raise ValueError(f"`max_frames` must be None or an int >= 1, got {self.max_frames!r}.")
+        object.__setattr__(self, "fps", fps.item() if isinstance(fps, np.generic) else fps)  # numpy numbers too
+        object.__setattr__(self, "max_frames", None if self.max_frames is None else int(self.max_frames))
 
     def __call__(self, index: VideoIndex) -> np.ndarray:
         count = max(1, math.ceil(index.duration * self.fps - 1e-9))
@@ -156,8 +169,9 @@ class TimestampSampler:
 class SegmentSampler:
     """Another sampler run on the segment [start, end) seconds of a video only (a manifest row's `timestamps`).
 
-    The inner sampler sees a `VideoIndex` of the frames that start inside the segment (times re-based to the
-    segment's start), so "uniform 8" picks 8 frames spread over the segment and "fps 1" one per second of it.
+    The inner sampler sees a `VideoIndex` of the frames that start inside the segment, its times re-based to the
+    first of them (which starts less than one frame after `start`), so "uniform 8" picks 8 frames spread over the
+    segment and "fps 1" one per second of it.
     """
 
     inner: FrameSampler
@@ -182,14 +196,5 @@ class SegmentSampler:
             )
         first, last = int(inside[0]), int(inside[-1])
         end = min(self.end, index.duration) - times[first]
-        sub = VideoIndex(
-            path=index.path,
-            pts=index.pts[first : last + 1],
-            keyframe_pts=index.keyframe_pts,
-            time_base=index.time_base,
-            fps=index.fps,
-            duration=float(end),
-            width=index.width,
-            height=index.height,
-        )
+        sub = replace(index, pts=index.pts[first : last + 1], duration=float(end))
         return np.asarray(self.inner(sub), dtype=np.int64) + first

@@ -118,7 +118,13 @@ class SideChannelFeatures:
             raise MediaError(path, f"not a readable safetensors file ({exc}).") from exc
         if not isinstance(header, dict) or header.get("version") != _FORMAT_VERSION:
             raise MediaError(path, f"not a side-channel feature file of format version {_FORMAT_VERSION}.")
-        return cls(header["kind"], tensors["features"], tensors["timestamps"], tensors.get("positions"))
+        missing = [name for name in ("features", "timestamps") if name not in tensors]
+        if missing or "kind" not in header:
+            raise MediaError(path, f"damaged side-channel feature file: no {missing or 'kind'}; extract it again.")
+        try:
+            return cls(header["kind"], tensors["features"], tensors["timestamps"], tensors.get("positions"))
+        except ValueError as exc:
+            raise MediaError(path, f"damaged side-channel feature file: {exc} Extract it again.") from exc
 
 
 class SideChannelExtractor(Protocol):
@@ -251,6 +257,8 @@ class AudioSideChannel:
 
     The waveform is read mono at the feature extractor's `sampling_rate` (16 kHz for AST and Whisper, 48 kHz
     for CLAP checkpoints), cut to the video's duration, clipped with `clip_audio`, featurised, encoded, pooled.
+    The video's own track is aligned to its first frame (`load_audio(align_to_video=True)`); a separate
+    `audio_path` file is taken to start with the video.
 
     Args:
         encoder: a transformers audio model (see `_AUDIO_FAMILIES`), or any model with `pooling=` given.
@@ -323,7 +331,11 @@ class AudioSideChannel:
     ) -> SideChannelFeatures:
         video_duration = probe_video(video_path).duration
         source = os.fspath(audio_path if audio_path is not None else video_path)
-        waveform, meta = load_audio(source, sample_rate=self.sample_rate, end=video_duration)
+        # the video's own track: t = 0 is the first frame, whenever the audio stream starts; a separate file is
+        # taken to start with the video
+        waveform, meta = load_audio(
+            source, sample_rate=self.sample_rate, end=video_duration, align_to_video=audio_path is None
+        )
         if meta.duration < video_duration - self.stride_seconds - 1e-6:
             raise MediaError(
                 source,

@@ -12,6 +12,12 @@ either keeps decoding forward (when no keyframe lies between the last decoded fr
 to the nearest keyframe at or before the target and decodes from there. Frames come out bit-identical to a
 full decode that picks the same presentation indices, because the same decoder produces them from the same
 keyframe-anchored state.
+
+Seeking goes to the keyframe's pts; when the demuxer lands anywhere but on a keyframe at or before it (MPEG-TS
+searches by decode time), to its dts, then to the first keyframe, so frames never come from a decoder that started
+mid-GOP. Frames an mp4 edit list hides (a cut made without re-encoding) are seek points, not frames. Rotation: frames
+come out as players show them, turned by the stream's display matrix (portrait phone videos are stored landscape
+with a 90 or 270 degree rotation); `VideoMetadata.width/height` are those of the returned frames.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ class VideoMetadata:
         fps: average frame rate of the source.
         duration: seconds, first frame's start to last frame's end.
         total_frames: frames in the source (presentation order).
-        width, height: source frame size.
+        width, height: size of the returned frames (the source's display size: its rotation applied).
         frame_indices: [N] presentation indices of the returned frames, in the sampler's order.
         timestamps: [N] their start times in seconds from the first frame.
+        rotation: degrees counter-clockwise the source's display matrix turns its coded frames (0, 90, 180, -90);
+            the returned frames are already turned.
     """
 
     path: str
@@ -55,6 +63,7 @@ class VideoMetadata:
     height: int
     frame_indices: np.ndarray
     timestamps: np.ndarray
+    rotation: int = 0
 
 
 def open_media(path: str | os.PathLike) -> av.container.InputContainer:
@@ -64,8 +73,8 @@ def open_media(path: str | os.PathLike) -> av.container.InputContainer:
         raise MediaError(path, "no such file; check the path.")
     if os.path.isdir(path):
         raise MediaError(path, "is a directory, not a media file.")
-    try:
-        return av.open(path)
+    try:  # absolute, so FFmpeg never reads a relative name's "cam1:" prefix as a protocol ("cam1:front.mp4")
+        return av.open(os.path.abspath(path))
     except av.error.FFmpegError as exc:
         raise MediaError(
             path, f"not a media file PyAV can read, or truncated/corrupt ({exc.__class__.__name__}: {exc})."
@@ -81,17 +90,21 @@ def _video_stream(container: av.container.InputContainer, path: str) -> av.video
 def _build_index(path: str) -> VideoIndex:
     with open_media(path) as container:
         stream = _video_stream(container, path)
-        pts, key = [], []
+        pts, dts, key, shown = [], [], [], []
         try:
             for packet in container.demux(stream):
                 if packet.pts is None or packet.size == 0:
                     continue
                 pts.append(packet.pts)
+                dts.append(packet.pts if packet.dts is None else packet.dts)
                 key.append(packet.is_keyframe)
+                # An edit list (mp4 cut without re-encoding) hides the frames before its start: they are decoded,
+                # as references, but never output. They are seek points, not frames.
+                shown.append(not packet.is_discard)
         except av.error.FFmpegError as exc:
             raise MediaError(path, f"corrupt or truncated video stream ({exc}).") from exc
         declared = stream.frames  # 0 when the container does not say
-        if not pts:
+        if not any(shown):
             hint = f" although its header declares {declared}; the file is truncated" if declared else ""
             raise MediaError(path, f"the video stream has zero frames{hint}.")
         if declared and len(pts) < declared:
@@ -99,24 +112,26 @@ def _build_index(path: str) -> VideoIndex:
                 path, f"truncated: the header declares {declared} frames but only {len(pts)} are in the file."
             )
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-        pts_sorted = np.asarray(pts, dtype=np.int64)[order]
-        keys = np.asarray(key, dtype=bool)[order]
+        all_pts = np.asarray(pts, dtype=np.int64)[order]
+        keys, frames = np.asarray(key, dtype=bool)[order], np.asarray(shown, dtype=bool)[order]
         if not keys.any():
             raise MediaError(path, "the video stream has no keyframe to start decoding from; the file is corrupt.")
+        pts_sorted = all_pts[frames]
         time_base = float(stream.time_base)
         span = (pts_sorted[-1] - pts_sorted[0]) * time_base
         rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else max(len(pts) - 1, 1) / max(span, 1e-9)
-        last_length = (pts_sorted[-1] - pts_sorted[-2]) * time_base if len(pts) > 1 else 1.0 / fps
+        fps = float(rate) if rate else max(len(pts_sorted) - 1, 1) / max(span, 1e-9)
+        last_length = (pts_sorted[-1] - pts_sorted[-2]) * time_base if len(pts_sorted) > 1 else 1.0 / fps
         return VideoIndex(
             path=path,
             pts=pts_sorted,
-            keyframe_pts=pts_sorted[keys],
+            keyframe_pts=all_pts[keys],
             time_base=time_base,
             fps=fps,
             duration=float(span + last_length),
             width=stream.codec_context.width,
             height=stream.codec_context.height,
+            keyframe_dts=np.asarray(dts, dtype=np.int64)[order][keys],
         )
 
 
@@ -155,37 +170,71 @@ def _make_sampler(sampler, num_frames, fps, timestamps) -> FrameSampler:
     return TimestampSampler(timestamps)
 
 
-def _decode_targets(container, stream, index: VideoIndex, targets: np.ndarray, path: str) -> dict[int, np.ndarray]:
-    """Decode the sorted unique presentation indices `targets`; returns index -> [H, W, 3] uint8."""
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns of the frame's display matrix (0..3; flips are not applied)."""
+    return round((frame.rotation or 0) / 90) % 4
+
+
+class _Decoder:
+    """Frames in presentation order from a seek point on; `last_pts` is the pts of the last frame it produced."""
+
+    def __init__(self, container, stream, seek_ts: int, keyframe_pts: int):
+        container.seek(seek_ts, stream=stream, backward=True)
+        self.packets = container.demux(stream)
+        self.first = next((p for p in self.packets if p.size), None)
+        # A good seek lands on a keyframe at or before the one we want; demuxers that search by a timestamp other
+        # than pts, or not by keyframes (MPEG-TS), may land elsewhere, where the decoder would drop frames.
+        landed = self.first is not None and self.first.is_keyframe
+        self.ok = landed and (self.first.pts is None or self.first.pts <= keyframe_pts)
+        self.frames, self.last_pts = self._frames(), None
+
+    def _frames(self):
+        yield from self.first.decode()
+        for packet in self.packets:  # the last (empty) packet flushes the decoder
+            yield from packet.decode()
+
+    def frame_at(self, target_pts: int) -> av.VideoFrame | None:
+        """Decodes up to the first frame at or after `target_pts`; returns it if it is the one at `target_pts`."""
+        for frame in self.frames:
+            if frame.pts is None:
+                continue
+            self.last_pts = frame.pts
+            if frame.pts >= target_pts:
+                return frame if frame.pts == target_pts else None
+        return None
+
+
+def _decode_targets(
+    container, stream, index: VideoIndex, targets: np.ndarray, path: str
+) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the sorted unique presentation indices `targets`; returns (index -> upright [H, W, 3] uint8, rotation
+    in degrees counter-clockwise)."""
     out: dict[int, np.ndarray] = {}
-    frames = None  # the live decode iterator, resumed while no keyframe lies before the next target
-    last_pts = None  # pts of the last frame it produced
-    for target in targets.tolist():
-        target_pts = int(index.pts[target])
-        keyframe_pts = int(index.keyframe_pts[np.searchsorted(index.keyframe_pts, target_pts, side="right") - 1])
-        # Seek to the keyframe, or (second try, if that seek landed past the target) to the start.
-        for seek_pts in (keyframe_pts, int(index.pts[0])):
-            if frames is None or last_pts is None or keyframe_pts > last_pts:
-                container.seek(seek_pts, stream=stream, backward=True)
-                frames, last_pts = container.decode(stream), None
+    turns = 0
+    keyframe_dts = index.keyframe_pts if index.keyframe_dts is None else index.keyframe_dts
+    decoder = None  # the live decoder, resumed while no keyframe lies between its last frame and the next target
+    try:
+        for target in targets.tolist():
+            target_pts = int(index.pts[target])
+            k = max(int(np.searchsorted(index.keyframe_pts, target_pts, side="right")) - 1, 0)
+            keyframe_pts = int(index.keyframe_pts[k])
             frame = None
-            try:
-                for candidate in frames:
-                    if candidate.pts is None:
-                        continue
-                    last_pts = candidate.pts
-                    if candidate.pts >= target_pts:
-                        frame = candidate
-                        break
-            except av.error.FFmpegError as exc:
-                raise MediaError(path, f"corrupt or truncated video data near pts {target_pts} ({exc}).") from exc
-            if frame is not None and frame.pts == target_pts:
-                out[target] = frame.to_ndarray(format="rgb24")
-                break
-            frames = None
-        else:
-            raise MediaError(path, f"frame {target} (pts {target_pts}) could not be decoded; the file is corrupt.")
-    return out
+            if decoder is not None and decoder.last_pts is not None and keyframe_pts <= decoder.last_pts:
+                frame = decoder.frame_at(target_pts)
+            # Seek to the keyframe by its pts, else by its dts, else to the first keyframe (by pts, then dts).
+            seeks = (keyframe_pts, int(keyframe_dts[k]), int(index.keyframe_pts[0]), int(keyframe_dts[0]))
+            for seek_ts in dict.fromkeys(seeks) if frame is None else ():
+                decoder = _Decoder(container, stream, seek_ts, keyframe_pts)
+                frame = decoder.frame_at(target_pts) if decoder.ok else None
+                if frame is not None:
+                    break
+            if frame is None:
+                raise MediaError(path, f"frame {target} (pts {target_pts}) could not be decoded; the file is corrupt.")
+            turns = _quarter_turns(frame)
+            out[target] = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))  # (H, W, 3)
+    except av.error.FFmpegError as exc:
+        raise MediaError(path, f"corrupt or truncated video data ({exc}).") from exc
+    return out, (0, 90, 180, -90)[turns]
 
 
 def load_video(
@@ -221,16 +270,17 @@ def load_video(
     with open_media(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        decoded = _decode_targets(container, stream, index, targets, path)
+        decoded, rotation = _decode_targets(container, stream, index, targets, path)
     frames = np.stack([decoded[i] for i in indices.tolist()])
     metadata = VideoMetadata(
         path=path,
         fps=index.fps,
         duration=index.duration,
         total_frames=index.total_frames,
-        width=index.width,
-        height=index.height,
+        width=frames.shape[2],
+        height=frames.shape[1],
         frame_indices=indices,
         timestamps=index.frame_times[indices],
+        rotation=rotation,
     )
     return frames, metadata

@@ -1,5 +1,7 @@
 """Audio loading: resampling keeps pitch and length, 2 s / 1 s clips, bad media raises MediaError."""
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
@@ -164,3 +166,53 @@ def test_video_without_audio(tmp_path):
     with pytest.raises(MediaError, match="no audio stream") as info:
         load_audio(path)
     assert str(path) in str(info.value) and "separate file" in info.value.reason
+
+
+# ------------------------------------------------------------------------------ streams that start at different times
+
+
+def offset_video(path, video_start: float, audio_start: float, tone: tuple[float, float], seconds: float = 3.0):
+    """A Matroska file (millisecond timestamps) of 64x48 10 fps frames from `video_start` and a mono 16 kHz AAC
+    track from `audio_start` (container seconds) holding a 1 kHz tone over container time `tone` = (t0, t1)."""
+    from videoadapt.processors.synthetic_audio import synthesize_tones
+
+    with av.open(str(path), "w", format="matroska") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=SR)
+        audio.layout = "mono"
+        for i in range(round(seconds * 10)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(video_start * 1000) + 100 * i, Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        wave = synthesize_tones(
+            [ToneSpec(1000.0, tone[0] - audio_start, tone[1] - audio_start)], int(seconds * SR), SR
+        )
+        frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = SR, round(audio_start * SR), Fraction(1, SR)
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(("video_start", "audio_start"), [(0.0, 0.5), (0.4, 0.0)], ids=["audio-late", "audio-early"])
+def test_align_to_video_counts_from_the_first_frame(tmp_path, video_start, audio_start):
+    # The tone sounds at container time 1.2 s, i.e. 1.2 - video_start s into the video as `load_video` counts.
+    path = offset_video(tmp_path / "offset.mkv", video_start, audio_start, tone=(1.2, 1.8))
+    own, meta = load_audio(path)  # default: t = 0 is the first audio sample
+    aligned, aligned_meta = load_audio(path, align_to_video=True)
+    assert abs(np.flatnonzero(np.abs(own) > 0.25)[0] / SR - (1.2 - audio_start)) < 0.005
+    assert abs(np.flatnonzero(np.abs(aligned) > 0.25)[0] / SR - (1.2 - video_start)) < 0.005
+    assert meta.source_start == aligned_meta.source_start == pytest.approx(audio_start, abs=1e-3)
+    assert (meta.origin, aligned_meta.origin) == (meta.source_start, pytest.approx(video_start))
+    if audio_start > video_start:  # silence before the audio starts
+        assert len(aligned) == len(own) + round((audio_start - video_start) * SR) and not aligned[: SR // 2].any()
+    window, _ = load_audio(path, align_to_video=True, start=1.0, end=1.5)
+    np.testing.assert_array_equal(window, aligned[SR : 3 * SR // 2])
+
+
+def test_align_to_video_needs_a_video_stream(tmp_path):
+    path = write_tone_audio(tmp_path / "tone.wav", [ToneSpec(440.0, 0.0, 1.0)], duration=1.0)
+    with pytest.raises(MediaError, match="no video stream"):
+        load_audio(path, align_to_video=True)

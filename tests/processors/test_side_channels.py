@@ -20,7 +20,7 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from videoadapt.processors.audio import load_audio
+from videoadapt.processors.audio import clip_audio, load_audio
 from videoadapt.processors.errors import MediaError
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.side_channel_3d import Depth3DSideChannel, backproject_patches, preprocessed_intrinsics
@@ -152,6 +152,38 @@ def test_audio_from_separate_file_and_coverage(media):
         extractor(media["silent10"], audio_path=media["wav_short"])
     assert info.value.path == str(media["wav_short"]) and "8.500 s" in str(info.value)
     assert "10.000 s" in str(info.value) and str(media["silent10"]) in str(info.value)
+
+
+def test_audio_of_the_own_track_is_aligned_to_the_first_frame(tmp_path):
+    # Matroska file whose audio stream starts 0.6 s after its first frame (ms timestamps): a 1 kHz tone at video time
+    # 2.0-4.0 s must land in the clips around 2-4 s, not 0.6 s earlier.
+    from fractions import Fraction
+
+    from videoadapt.processors.synthetic_audio import synthesize_tones
+
+    path, sr = tmp_path / "late_audio.mkv", 16000
+    with av.open(str(path), "w", format="matroska") as container:
+        video, audio = container.add_stream("libx264", rate=10), container.add_stream("aac", rate=sr)
+        video.width, video.height, video.pix_fmt, audio.layout = 64, 48, "yuv420p", "mono"
+        for i in range(50):  # 5 s
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 100 * i, Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        wave = synthesize_tones([ToneSpec(1000.0, 1.4, 3.4)], int(4.4 * sr), sr)  # audio time = video time - 0.6
+        frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sr, int(0.6 * sr), Fraction(1, sr)
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    encoder, fe, _ = audio_family("ast")
+    extractor = AudioSideChannel(encoder, fe)
+    out = extractor(path)
+    aligned, meta = load_audio(path, align_to_video=True, end=5.0)
+    assert meta.origin == 0.0 and meta.source_start == pytest.approx(0.6, abs=1e-3) and not aligned[: sr // 2].any()
+    assert out.features.shape == (4, 1, 1, 32)  # 5 s -> clips at 0, 1, 2, 3 s
+    torch.testing.assert_close(out.features[:, 0, 0], extractor.encode(clip_audio(aligned)), atol=1e-5, rtol=1e-5)
+    unaligned, _ = load_audio(path, end=5.0)
+    assert not torch.allclose(out.features[:3, 0, 0], extractor.encode(clip_audio(unaligned)), atol=1e-3)  # 4.4 s
 
 
 def test_audio_missing_track_and_unknown_encoder(media):
@@ -349,6 +381,24 @@ def test_save_load_round_trip(tmp_path):
         SideChannelFeatures.load(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="positions"):
         SideChannelFeatures("3d", torch.zeros(2, 2, 2, 4), torch.zeros(2), torch.zeros(2, 2, 2, 2))
+
+
+def test_damaged_feature_files_raise_media_error_with_the_path(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    header = {"videoadapt.side_channel": json.dumps({"version": 1, "kind": "audio"})}
+    damaged = {
+        "no_features": {"timestamps": torch.zeros(3, dtype=torch.float64)},
+        "bad_timestamps": {"features": torch.zeros(3, 1, 1, 4), "timestamps": torch.zeros(2, dtype=torch.float64)},
+    }
+    for name, tensors in damaged.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, path, metadata=header)
+        with pytest.raises(MediaError, match="damaged side-channel feature file") as info:
+            SideChannelFeatures.load(path)
+        assert info.value.path == str(path)
 
 
 def test_cache_skips_existing_and_keys_on_config(media, tmp_path):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 from fractions import Fraction
 
 import av
@@ -193,3 +194,33 @@ def test_duration_sets_num_frames():
         ShapeSpec("hexagon", (0, 0, 0), 5, (10.0, 10.0))
     with pytest.raises(ValueError, match="colours"):
         ShotSpec((0, 0, 300))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_umask_permissions_of_a_plain_open(tmp_path, umask):
+    # The temporary file that is renamed onto the target must not keep mkstemp's 0o600: shared media and feature
+    # caches would be unreadable to every other user and job.
+    from videoadapt.processors.atomic import atomic_write
+    from videoadapt.processors.synthetic_audio import write_tone_audio
+
+    old = os.umask(umask)
+    try:
+        write_tone_audio(tmp_path / "tone.wav", [ToneSpec(440.0, 0.0, 0.5)], duration=0.5)
+        write_synthetic_video(
+            tmp_path / "clip.mp4", dataclasses.replace(SPEC, num_frames=4, duration=None, cut_frames=(1, 2), tones=())
+        )
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == expected
+    for name in ("tone.wav", "clip.mp4", "clip.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
+
+    def fail(tmp):
+        open(tmp, "w").write("partial")
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        atomic_write(tmp_path / "never.bin", fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.mp4", "plain.txt", "tone.wav"]

@@ -227,3 +227,118 @@ def test_timestamps_outside_the_video(good_mp4):
 
 def test_more_uniform_frames_than_the_video_has(good_mp4):
     _expect(good_mp4, "asked for 61 uniform frames but the video has only 60", num_frames=61)
+
+
+# ------------------------------------------------------------------------------------- containers and rotation
+
+
+def _encode_frames(
+    path, fmt: str, num_frames: int = 45, rotation: int | None = None, first_pts: int = 0
+) -> np.ndarray:
+    """H.264 with B-frames (GOP 10) of synthetic frames carrying their index as a frame code, muxed as `fmt`; frame
+    i gets pts `first_pts + i` (1/30 s).
+
+    Returns the frames as encoded, [F, H, W, 3] uint8."""
+    from videoadapt.processors.synthetic import render_frame
+
+    spec = random_spec(seed=7, num_frames=num_frames, num_cuts=1, with_audio=False)
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
+        stream.codec_context.options = dict(g="10", keyint_min="10", sc_threshold="0", bframes="3", threads="1")
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(render_frame(spec, i), format="rgb24")
+            frame.pts = first_pts + i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return np.stack([render_frame(spec, i) for i in range(num_frames)])
+
+
+def test_mpegts_with_b_frames_and_a_late_start(tmp_path):
+    # MPEG-TS: the stream starts at pts 6000 (1/90000 s), and its demuxer seeks by decode time, not to keyframes: a
+    # seek to a keyframe's pts lands on a later non-key packet, where the decoder skips to the next keyframe.
+    path = tmp_path / "clip.ts"
+    _encode_frames(path, "mpegts")
+    every = decode_everything(path)
+    index = probe_video(path)
+    assert index.total_frames == len(every) == 45 and index.pts[0] > 0
+    rng = np.random.default_rng(0)
+    for ids in [np.arange(45), np.array([0]), np.array([44, 3, 17, 17, 30]), rng.integers(0, 45, size=12)]:
+        frames, meta = load_video(path, sampler=lambda _, ids=ids: ids)
+        assert np.array_equal(frames, every[ids])
+        assert [decode_frame_index(f) for f in frames] == ids.tolist()
+    _, meta = load_video(path, num_frames=3)
+    np.testing.assert_allclose(meta.timestamps, meta.frame_indices / 30, atol=1e-6)  # from the first frame
+
+
+@pytest.mark.parametrize("fmt, suffix", [("matroska", "mkv"), ("mp4", "mp4")])
+def test_other_containers_with_b_frames(tmp_path, fmt, suffix):
+    path = tmp_path / f"clip.{suffix}"
+    _encode_frames(path, fmt)
+    every = decode_everything(path)
+    ids = np.array([44, 0, 9, 10, 11, 29, 30, 31, 20])
+    frames, _ = load_video(path, sampler=lambda _: ids)
+    assert np.array_equal(frames, every[ids])
+
+
+@pytest.mark.parametrize("rotation", [90, 180, -90])
+def test_display_rotation_is_applied(tmp_path, rotation):
+    # A portrait phone video is stored landscape with a display matrix; players (and ffmpeg) turn it upright.
+    path = tmp_path / "phone.mp4"
+    _encode_frames(path, "mp4", num_frames=12, rotation=rotation)
+    stored = decode_everything(path)  # [F, 240, 320, 3] as coded
+    frames, meta = load_video(path, num_frames=3)
+    turns = rotation // 90  # np.rot90 turns counter-clockwise, as the display matrix's angle counts
+    assert np.array_equal(frames, np.rot90(stored[meta.frame_indices], turns, axes=(1, 2)))
+    assert meta.rotation == rotation
+    assert (meta.height, meta.width) == frames.shape[1:3] == ((320, 240) if rotation % 180 else (240, 320))
+    assert [decode_frame_index(np.rot90(f, -turns)) for f in frames] == meta.frame_indices.tolist()
+
+
+def test_relative_path_with_a_colon(good_mp4, tmp_path, monkeypatch):
+    # FFmpeg reads "cam1:" in a relative "cam1:front.mp4" as a protocol name ("Protocol not found").
+    from videoadapt.processors.audio import load_audio
+    from videoadapt.processors.synthetic_audio import ToneSpec, write_tone_audio
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cam1:front.mp4").write_bytes(good_mp4.read_bytes())
+    write_tone_audio(tmp_path / "take:2.wav", [ToneSpec(440.0, 0.0, 1.0)], duration=1.0)
+    frames, meta = load_video("cam1:front.mp4", num_frames=4)
+    assert frames.shape[0] == 4 and meta.path == "cam1:front.mp4"
+    assert load_audio("take:2.wav")[0].shape == (16000,)
+
+
+def test_mp4_edit_list_hides_the_frames_before_its_start(tmp_path):
+    # Frames at negative pts make the mp4 muxer write an edit list starting at pts 0, as a cut without re-encoding
+    # does: the first 7 frames (a keyframe among them) are decoded as references but never shown.
+    path = tmp_path / "cut.mp4"
+    _encode_frames(path, "mp4", num_frames=40, first_pts=-7)
+    every = decode_everything(path)
+    assert len(every) == 33 and decode_frame_index(every[0]) == 7
+    index = probe_video(path)
+    assert index.total_frames == 33 and index.pts[0] == 0 and index.duration == pytest.approx(33 / 30)
+    frames, meta = load_video(path, num_frames=33)
+    assert np.array_equal(frames, every) and meta.timestamps[0] == 0.0
+    ids = np.array([0, 1, 2, 32, 5, 3])  # 0..2 need the hidden keyframe
+    frames, _ = load_video(path, sampler=lambda _: ids)
+    assert [decode_frame_index(f) for f in frames] == (ids + 7).tolist()
+
+
+def test_samplers_take_numpy_numbers():
+    # `num_frames = np.int64(8)` (from array arithmetic) was rejected as "must be an int >= 1, got 8".
+    index = _index_10fps(3)
+    assert UniformSampler(np.int64(8))(index).tolist() == UniformSampler(8)(index).tolist()
+    sampler = FpsSampler(np.float32(2.0), max_frames=np.int32(4))
+    assert sampler(index).tolist() == FpsSampler(2.0, max_frames=4)(index).tolist()
+    assert (
+        type(sampler.fps) is float
+        and type(sampler.max_frames) is int
+        and type(UniformSampler(np.int8(3)).num_frames) is int
+    )
+    for bad in (True, 2.0, 0):
+        with pytest.raises(ValueError, match="`num_frames` must be an int >= 1"):
+            UniformSampler(bad)
+    with pytest.raises(ValueError, match="`max_frames` must be None or an int >= 1"):
+        FpsSampler(1.0, max_frames=True)
