@@ -22,7 +22,14 @@ from typing import Any
 
 import videoadapt
 from videoadapt._auto import AUTO_MODEL_CLASSES, ModelRow
-from videoadapt.cli_common import example_parser, fail, positive_int, positive_number, progress_logging
+from videoadapt.cli_common import (
+    example_parser,
+    fail,
+    integer_at_least,
+    positive_int,
+    positive_number,
+    progress_logging,
+)
 from videoadapt.cli_extract import add_extract
 
 
@@ -105,7 +112,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     reef.add_argument(
         "--num-frames", type=positive_int, default=None, help="frames to sample (default: the processor's)"
     )
-    reef.add_argument("--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it")
+    reef.add_argument(
+        "--max-new-tokens", type=_nonnegative_int, default=20, help="answer length shown in the title; 0 skips it"
+    )
     reef.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     reef.set_defaults(func=_cmd_visualize_reef)
     dynfocus = example_parser(
@@ -123,7 +132,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     )
     dynfocus.add_argument("--columns", type=positive_int, default=None, help="frames per timeline row (default 16)")
     dynfocus.add_argument(
-        "--max-new-tokens", type=int, default=20, help="answer length shown in the title; 0 skips it"
+        "--max-new-tokens", type=_nonnegative_int, default=20, help="answer length shown in the title; 0 skips it"
     )
     dynfocus.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     dynfocus.set_defaults(func=_cmd_visualize_dynfocus)
@@ -161,10 +170,7 @@ def _cmd_visualize_reef(args: argparse.Namespace) -> int:
 
 
 def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return integer_at_least(text, 0)
 
 
 def _cmd_visualize_dynfocus(args: argparse.Namespace) -> int:
@@ -303,7 +309,7 @@ def _cmd_import_official_pave(argv: Sequence[str]) -> int:
     from videoadapt.pave_import import main as import_main
 
     try:
-        return import_main(argv)
+        return import_main(argv, prog="videoadapt import-official-pave")
     except SystemExit:
         if "-h" in argv or "--help" in argv:
             print(_IMPORT_EXAMPLE)
@@ -354,6 +360,10 @@ def _side_channel_files(items: Sequence[str]) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"`--side-channel` must look like NAME=FILE (e.g. audio=clip.safetensors), got {item!r}.")
+        if name in files:
+            raise ValueError(
+                f"`--side-channel` names {name!r} twice ({files[name]!r} and {path!r}); pass one file per patch."
+            )
         files[name] = path
     return files
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 
-__all__ = ["example_parser", "fail", "positive_int", "positive_number", "progress_logging"]
+__all__ = ["example_parser", "fail", "integer_at_least", "positive_int", "positive_number", "progress_logging"]
 
 
 def example_parser(sub: argparse._SubParsersAction, name: str, summary: str, example: str, **kwargs: Any):
@@ -18,11 +18,19 @@ def example_parser(sub: argparse._SubParsersAction, name: str, summary: str, exa
     )  # fmt: skip
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+def integer_at_least(text: str, minimum: int) -> int:
+    """`text` as an int >= `minimum`, else an `argparse.ArgumentTypeError` that shows what was received."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return integer_at_least(text, 1)
 
 
 @contextlib.contextmanager
@@ -49,7 +57,10 @@ def fail(command: str, error: BaseException) -> int:
 
 
 def positive_number(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value

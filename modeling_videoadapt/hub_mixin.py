@@ -3,7 +3,9 @@
 transformers' `push_to_hub` saves into a temporary folder and then overwrites README.md with a generic card (the
 remote one or a template), and uploads only one level of subfolders. This mixin writes our card (see
 `videoadapt.model_cards`) after the weights, and `push_to_hub` uploads the saved folder as it is, PAVE's
-`patches/<name>/` included, with `HfApi.upload_folder`.
+`patches/<name>/` included, with `HfApi.upload_folder`. `save_pretrained(dir, push_to_hub=True)` uploads the files
+that this save wrote, at any depth, as transformers does (modified files only): never what else `dir` holds (a
+trainer's `checkpoint-*/` with pickled optimizer states, logs, ...).
 
 The card's facts come, key by key, from the first of:
 1. `model.card_info` (the recipes set it: `train` the recipe and data, `evaluate ... card=true` the metrics);
@@ -15,6 +17,7 @@ The card's facts come, key by key, from the first of:
 A recorded card counts only when it describes the same model type. `card_info` never enters config.json.
 """
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -87,6 +90,17 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _file_states(folder: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """Relative POSIX path -> (inode, size, mtime in ns) of every file under `folder` ({} when it does not exist)."""
+    root = Path(folder)
+    states = {}
+    for path in root.rglob("*") if root.is_dir() else []:
+        if path.is_file():
+            stat = path.stat()
+            states[path.relative_to(root).as_posix()] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return states
+
+
 def _tag_list(tags: Any) -> list[str]:
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     if not all(isinstance(tag, str) and tag for tag in tags):
@@ -104,12 +118,13 @@ def upload_folder(
     commit_description: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    only: list[str] | None = None,
 ) -> CommitInfo:
-    """`HfApi.upload_folder` of `folder` as it is, in one commit; a `revision` that is a branch name is created first
-    (from main) when missing, as transformers' `push_to_hub` does."""
+    """`HfApi.upload_folder` of `folder` as it is (or of the relative paths `only`), in one commit; a `revision` that
+    is a branch name is created first (from main) when missing, as transformers' `push_to_hub` does."""
     if revision is not None and not revision.startswith("refs/pr"):
         api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
-    logger.info(f"Uploading {folder} to {repo_id} ({sorted(os.listdir(folder))}).")
+    logger.info(f"Uploading {folder} to {repo_id} ({sorted(os.listdir(folder)) if only is None else sorted(only)}).")
     return api.upload_folder(
         repo_id=repo_id,
         folder_path=folder,
@@ -118,6 +133,7 @@ def upload_folder(
         token=token,
         revision=revision,
         create_pr=create_pr,
+        allow_patterns=None if only is None else [glob.escape(path) for path in only],
     )
 
 
@@ -157,9 +173,11 @@ class VideoadaptHubMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained`, then the model card; with `push_to_hub=True` (and `repo_id`, default
-        the folder's name, `commit_message`, ...) the folder is then uploaded as it is."""
+        the folder's name, `commit_message`, ...) the files this save wrote are then uploaded, subfolders included;
+        other files already in the folder are not."""
         check_card_info(self.card_info)  # a bad `card_info` fails before anything is written
         push = {key: kwargs.pop(key) for key in _PUSH_KWARGS if key in kwargs}
+        before = _file_states(save_directory) if push_to_hub else {}
         super().save_pretrained(save_directory, **kwargs)
         if not self._writes_files(kwargs.get("is_main_process", True)):
             return
@@ -171,7 +189,8 @@ class VideoadaptHubMixin:
         repo_id = api.create_repo(name, private=push.pop("private", None), token=token, exist_ok=True).repo_id
         self.save_card(save_directory, tags=push.pop("tags", None), repo_id=repo_id)
         message = push.pop("commit_message", None) or f"Upload {type(self).__name__}"
-        upload_folder(api, save_directory, repo_id, token=token, commit_message=message, **push)
+        written = [path for path, state in _file_states(save_directory).items() if before.get(path) != state]
+        upload_folder(api, save_directory, repo_id, token=token, commit_message=message, only=written, **push)
 
     def _writes_files(self, is_main_process: bool) -> bool:
         """Whether this process writes files (the main process; rank 0 of a distributed run)."""

@@ -29,6 +29,7 @@ from huggingface_hub import EvalResult, ModelCardData
 __all__ = [
     "CARD_INFO_KEYS",
     "DEFAULT_LICENSE",
+    "PAVE_CLASSES",
     "check_card_info",
     "is_hub_id",
     "method_of_model_type",
@@ -41,6 +42,19 @@ CARD_INFO_KEYS = ("recipe", "datasets", "metrics", "license", "base_model", "int
 RECIPE_KEYS = ("file", "method", "setting", "stage", "manifests")
 DEFAULT_LICENSE = "apache-2.0"
 PIPELINE_TAG = "video-text-to-text"
+# The patched base's family -> the PAVE class in videoadapt.modeling_pave (a PAVE checkpoint's own type works too);
+# `videoadapt.pave_hub.pave_class_for` loads them, patch cards name them.
+PAVE_CLASSES = {
+    "llava_onevision": "PaveForConditionalGeneration",
+    "videoadapt_pave": "PaveForConditionalGeneration",
+    "llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
+    "videoadapt_pave_llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
+    "video_llava": "PaveVideoLlavaForConditionalGeneration",
+    "videoadapt_pave_video_llava": "PaveVideoLlavaForConditionalGeneration",
+}
+# The Hub's license ids are lowercase (`apache-2.0`, `cc-by-nc-4.0`, `llama3.1`, `openrail++`, `other`); anything else
+# is a "YAML Metadata Error" on the model page.
+_LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _UNSET = "<this folder or repo>"
 
@@ -166,6 +180,12 @@ def check_card_info(card_info: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("license", "base_model", "intended_use"):
         if key in info:
             _text(key, info[key])
+    if "license" in info and not _LICENSE_ID.match(info["license"]):
+        raise ValueError(
+            f"card_info['license'] must be a Hub license id (lowercase, e.g. 'apache-2.0', 'mit', 'cc-by-nc-4.0', "
+            f"or 'other'; see https://huggingface.co/docs/hub/repositories-licenses), got {info['license']!r}; try "
+            f"{'-'.join(info['license'].lower().split())!r}."
+        )
     if "recipe" in info:
         info["recipe"] = _check_recipe(info["recipe"])
     if "datasets" in info:
@@ -176,10 +196,12 @@ def check_card_info(card_info: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def patch_card_info(card_info: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`patch_card`'s recipe (the file), datasets and metrics arguments from a model's `card_info`."""
+    """`patch_card`'s recipe (the file), datasets, metrics, license and intended-use arguments from a model's
+    `card_info` (a patch is shared alone: it carries the license and use its model declares)."""
     info = check_card_info(card_info)
     recipe = info.get("recipe", {}).get("file")
-    return {"recipe": recipe, "datasets": info.get("datasets"), "metrics": info.get("metrics")}
+    keys = ("datasets", "metrics", "license", "intended_use")
+    return {"recipe": recipe, **{key: info.get(key) for key in keys}}
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -350,18 +372,26 @@ def patch_card(
     datasets: list[str] | None = None,
     metrics: dict | None = None,
     repo_id: str | None = None,
+    license: str | None = None,
+    intended_use: str | None = None,
 ) -> str:
     """README.md text of a PAVE patch folder: patch `name` (its `PavePatchConfig` and parameter counts), how it was
-    trained and scored, and how to load it in one line or onto a loaded base."""
-    info = check_card_info({"recipe": recipe, "datasets": datasets, "metrics": metrics})
+    trained and scored, its license (default apache-2.0) and intended use, and how to load it in one line or onto a
+    loaded base."""
+    info = check_card_info(
+        {"recipe": recipe, "datasets": datasets, "metrics": metrics, "license": license, "intended_use": intended_use}
+    )
     base, family, method = config.base_model_name_or_path, config.base_model_type or "video LLM", _METHODS["pave"]
     info.update({"base_model": base} if base else {})
     where, base_id = repo_id or _UNSET, base if is_hub_id(base) else "<base model>"
+    # a base checkpoint loads as its transformers class through the Auto classes: the PAVE class has `load_patch`
+    pave_class = PAVE_CLASSES.get(config.base_model_type, PAVE_CLASSES["llava_onevision"])
     snippet = (
         "from transformers import AutoModelForImageTextToText\n\n# one line: the base model with this patch enabled\n"
         f'model = AutoModelForImageTextToText.from_pretrained("{where}")\n\n'
-        "# or onto a base already loaded (several patches can be enabled together)\n"
-        f'model = AutoModelForImageTextToText.from_pretrained("{base_id}")\n'
+        "# or onto a base already loaded with its PAVE class (several patches can be enabled together)\n"
+        f"from videoadapt.modeling_pave import {pave_class}\n\n"
+        f'model = {pave_class}.from_pretrained("{base_id}")\n'
         f'model.load_patch("{where}", name="{name}")\n'
     )
     body = [

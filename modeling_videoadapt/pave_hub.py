@@ -34,6 +34,7 @@ from transformers.utils import logging
 
 from videoadapt.configuration.configuration_pave import PATCH_CONFIG_NAME, PavePatchRepoConfig
 from videoadapt.hub_mixin import upload_folder
+from videoadapt.model_cards import PAVE_CLASSES, check_card_info
 
 
 __all__ = [
@@ -48,17 +49,11 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-# The patched base's family -> the PAVE class in videoadapt.modeling_pave (a PAVE checkpoint's own type works too).
-PAVE_CLASSES = {
-    "llava_onevision": "PaveForConditionalGeneration",
-    "videoadapt_pave": "PaveForConditionalGeneration",
-    "llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
-    "videoadapt_pave_llava_next_video": "PaveLlavaNextVideoForConditionalGeneration",
-    "video_llava": "PaveVideoLlavaForConditionalGeneration",
-    "videoadapt_pave_video_llava": "PaveVideoLlavaForConditionalGeneration",
-}
-# Hub keyword arguments `from_pretrained` passes down that concern the patch repository, not the base.
-_PATCH_ONLY_KWARGS = ("adapter_kwargs", "adapter_name", "subfolder", "code_revision")
+# Keyword arguments `from_pretrained` passes down that concern the patch repository, not the base (`subfolder` and
+# `revision` are read separately: they select the patch folder).
+_PATCH_ONLY_KWARGS = ("adapter_kwargs", "adapter_name", "code_revision")
+# Hub keyword arguments that reach both the patch download and the base's `from_pretrained`.
+_HUB_KWARGS = ("token", "cache_dir", "local_files_only", "force_download")
 
 
 class PatchDownloadError(OSError):
@@ -97,14 +92,15 @@ def download_patch_folder(
     so an interrupted download is never loaded.
     """
     pattern = f"{subfolder}/*" if subfolder else "*"
-    where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    # str(): a revision that transformers resolved is a `ResolvedRevision`, whose repr is not what the user typed
+    where = f"{repo_id!r}" + (f" at revision {str(revision)!r}" if revision else "")
     kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
     try:
         root = snapshot_download(str(repo_id), revision=revision, allow_patterns=[pattern], **kwargs)
     except RevisionNotFoundError as exc:
         raise ValueError(
-            f"revision {revision!r} does not exist in the patch repository {repo_id!r}; pass a branch, tag or commit "
-            f"of it (see `HfApi().list_repo_refs({repo_id!r})`)."
+            f"revision {str(revision)!r} does not exist in the patch repository {repo_id!r}; pass a branch, tag or "
+            f"commit of it (see `HfApi().list_repo_refs({repo_id!r})`)."
         ) from exc
     except GatedRepoError as exc:
         raise ValueError(f"the patch repository {repo_id!r} is gated: request access, then pass `token=`.") from exc
@@ -159,17 +155,21 @@ class PavePatchRepo(PreTrainedModel):
 def load_patch_repo(path_or_repo: str | os.PathLike, *args: Any, config: PavePatchRepoConfig | None = None, **kwargs):
     """Load the base a patch folder or repository names (at its pinned revision) and attach the patch.
 
-    `revision` selects the patch's revision; the base's comes from the patch config (`base_revision`), which a
-    keyword argument can override, as can `base_model_name_or_path`. Other keyword arguments (dtype, device_map,
-    attn_implementation, ...) go to the base's `from_pretrained`.
+    `revision` and `subfolder` select the patch (a repository may hold patch folders in subfolders); the base's
+    revision comes from the patch config (`base_revision`), which a keyword argument can override, as can
+    `base_model_name_or_path`. `token`, `cache_dir`, `local_files_only` and `force_download` apply to both; other
+    keyword arguments (dtype, device_map, attn_implementation, ...) go to the base's `from_pretrained`.
     """
-    revision = kwargs.pop("revision", None)
+    revision, subfolder = kwargs.pop("revision", None), kwargs.pop("subfolder", None) or None
     for key in _PATCH_ONLY_KWARGS:
         kwargs.pop(key, None)
-    hub = {k: kwargs.get(k) for k in ("token", "cache_dir", "local_files_only", "force_download")}
+    hub = {k: kwargs.get(k) for k in _HUB_KWARGS}
     if config is None:
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in PavePatchRepoConfig.__dataclass_fields__}
-        config = PavePatchRepoConfig.from_pretrained(path_or_repo, revision=revision, **overrides)
+        found = {k: v for k, v in hub.items() if v is not None}
+        config = PavePatchRepoConfig.from_pretrained(
+            path_or_repo, revision=revision, subfolder=subfolder or "", **found, **overrides
+        )
     source = f"the patch {str(path_or_repo)!r}"
     if config.base_model_name_or_path is None:
         raise ValueError(
@@ -186,7 +186,7 @@ def load_patch_repo(path_or_repo: str | os.PathLike, *args: Any, config: PavePat
             + f", which cannot be loaded ({exc}). Download the base, then pass `base_model_name_or_path=<its folder>` "
             "to from_pretrained."
         ) from exc
-    model.load_patch(path_or_repo, name=config.patch_name, revision=revision, **hub)
+    model.load_patch(path_or_repo, name=config.patch_name, revision=revision, subfolder=subfolder, **hub)
     return model
 
 
@@ -210,7 +210,8 @@ def push_patch_to_hub(
 
     The repository then loads with `AutoModelForImageTextToText.from_pretrained(repo_id)` or `model.load_patch`.
     """
-    api = HfApi(token=token)
+    check_card_info(getattr(model, "card_info", None))  # a bad `card_info` fails before any Hub call
+    api = HfApi(token=token, library_name="videoadapt")
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
         model.save_patch(name, tmp, repo_id=repo_id)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
+from videoadapt.cli_common import positive_int
 from videoadapt.configuration.configuration_pave import (
     PATCH_CONFIG_NAME,
     SIDE_CHANNELS,
@@ -33,6 +35,7 @@ from videoadapt.configuration.configuration_pave import (
 )
 from videoadapt.model_cards import patch_card
 from videoadapt.modeling_pave import PavePatch
+from videoadapt.pave_patches import _NAME as PATCH_NAME  # the names `load_patch` accepts
 from videoadapt.pave_patches import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -72,6 +75,12 @@ _SIZES = {"side_channel_dim": ("side_proj.weight", 1, "input_mapping.weight"),
           "hidden_size": ("side_proj.weight", 0, "input_mapping.weight"),
           "ffn_size": ("layers.0.ffn.fc1.weight", 0, "cross_attn_layers.0.ffn.1.weight"),
           "output_mlp_size": ("output_head.fc1.weight", 0, "output_mapping.0.weight")}  # fmt: skip
+
+
+def _suggest_name(name: str) -> str:
+    """A patch name `load_patch` accepts, close to `name`: `avsd-0.5b` -> `avsd-0_5b`."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    return name if PATCH_NAME.match(name) else f"patch_{name}"
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -229,6 +238,13 @@ def import_official_pave(
             "side_channel='3d': our 3D patches add a learned xyz position embedding that the official code does not "
             "have; import official 3D weights with side_channel='generic', side_channel_grid=[24, 24]."
         )
+    patch = patch_name or out_dir.name  # not `name`: the size checks below loop over `name`
+    if not isinstance(patch, str) or not PATCH_NAME.match(patch):
+        default = " (the name of `out_dir`)" if patch_name is None else ""
+        raise ValueError(
+            f"`patch_name` must match {PATCH_NAME.pattern} (`load_patch` refuses other names), got {patch!r}{default}; "
+            f"pass `patch_name` (`--patch-name`), e.g. {_suggest_name(str(patch))!r}."
+        )
     occupied = out_dir.is_file() or out_dir.is_dir() and any(out_dir.iterdir())
     if occupied and not (out_dir / PATCH_CONFIG_NAME).is_file():
         raise ValueError(f"{out_dir} exists and is not a patch folder; pick an empty or new `out_dir`.")
@@ -274,15 +290,14 @@ def import_official_pave(
         )
     lora, lora_config, lora_layers = _map_lora(official_dir, llm_layers)
     lora_config.base_model_name_or_path = base_model_name_or_path
-    name = patch_name or out_dir.name
     card = patch_card(
-        name,
+        patch,
         config,
         fusion_parameters=sum(v.numel() for v in weights.values()),
         lora_parameters=sum(v.numel() for v in lora.values()),
     ) + _provenance(official_dir, dropped, lora_layers, lora_config.r)
     pointer = PavePatchRepoConfig(
-        patch_name=name, base_model_name_or_path=base_model_name_or_path, base_model_type="llava_onevision"
+        patch_name=patch, base_model_name_or_path=base_model_name_or_path, base_model_type="llava_onevision"
     )
 
     def write(tmp: Path) -> None:
@@ -304,9 +319,9 @@ def import_official_pave(
 def _provenance(official_dir: Path, dropped: list[str], lora_layers: int, rank: int) -> str:
     lines = "\n".join(f"  - `{k}`" for k in dropped) or "  - (none)"
     return (
-        f"\n## Imported from the official PAVE release\n\nConverted by `videoadapt.pave_import` from "
-        f"`{official_dir.resolve()}` (`{OFFICIAL_PATCH_WEIGHTS}` + PEFT adapter, LoRA rank {rank} on {lora_layers} "
-        "LLM layers, keys moved from `model.layers` to `model.language_model.layers`).\n\n"
+        "\n## Imported from the official PAVE release\n\nConverted by `videoadapt.pave_import` from the release "
+        f"folder `{official_dir.resolve().name}` (`{OFFICIAL_PATCH_WEIGHTS}` + PEFT adapter, LoRA rank {rank} on "
+        f"{lora_layers} LLM layers, keys moved from `model.layers` to `model.language_model.layers`).\n\n"
         "- Official behaviour kept: values reuse the key projection, no attention output projection, no RoPE, "
         "queries from pooled pre-projector vision features.\n"
         "- The official PAVE code inserts a newline token after every row of every frame (`grid`), transformers' "
@@ -315,30 +330,35 @@ def _provenance(official_dir: Path, dropped: list[str], lora_layers: int, rank: 
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m videoadapt.pave_import", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m videoadapt.pave_import") -> int:
+    """The command line (`videoadapt import-official-pave` passes its own `prog`); 0 on success, 1 on a refused
+    checkpoint or argument (the message on stderr), 2 on a malformed command line (argparse)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("official_dir", help="unzipped official release (non_lora_trainables.bin + PEFT adapter)")
     parser.add_argument("out_dir", help="patch folder to write")
-    parser.add_argument("--side-channel", required=True, choices=SIDE_CHANNELS)
-    parser.add_argument("--side-channel-dim", required=True, type=int, help="e.g. 1024 (ImageBind audio)")
-    parser.add_argument("--output-dim", required=True, type=int, help="LLM hidden size: 896 (0.5B) or 3584 (7B)")
-    parser.add_argument("--num-layers", type=int, default=2, help="3 for the Music-AVQA checkpoints")
-    parser.add_argument("--side-channel-grid", type=int, nargs=2, metavar=("H", "W"))
-    parser.add_argument("--query-dim", type=int, default=1152)
-    parser.add_argument("--num-attention-heads", type=int, default=4)
+    parser.add_argument("--side-channel", required=True, choices=[k for k in SIDE_CHANNELS if k != "3d"],
+                        help="official 3D weights: `generic` with --side-channel-grid 24 24")  # fmt: skip
+    parser.add_argument("--side-channel-dim", required=True, type=positive_int, help="e.g. 1024 (ImageBind audio)")
+    parser.add_argument(
+        "--output-dim", required=True, type=positive_int, help="LLM hidden size: 896 (0.5B) or 3584 (7B)"
+    )
+    parser.add_argument("--num-layers", type=positive_int, default=2, help="3 for the Music-AVQA checkpoints")
+    parser.add_argument("--side-channel-grid", type=positive_int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--query-dim", type=positive_int, default=1152)
+    parser.add_argument("--num-attention-heads", type=positive_int, default=4)
     parser.add_argument(
         "--base-model",
         dest="base_model_name_or_path",
         metavar="BASE_MODEL",
         help="the transformers base, e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf",
     )
-    parser.add_argument("--patch-name")
+    parser.add_argument("--patch-name", help="the patch's name (default: OUT_DIR's name); letters, digits, _ and -")
     args = vars(parser.parse_args(argv))
     logging.set_verbosity_info()
     try:
         import_official_pave(args.pop("official_dir"), args.pop("out_dir"), **args)
-    except ValueError as exc:
-        logger.error(str(exc))
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -19,7 +19,11 @@ from videoadapt.hub_mixin import read_card_info
 from videoadapt.model_cards import check_card_info, model_card, patch_card, patch_card_info
 from videoadapt.modeling_compact import CompactForConditionalGeneration, CompactModel
 from videoadapt.modeling_dynfocus import DynFocusForConditionalGeneration
-from videoadapt.modeling_pave import PaveForConditionalGeneration, PaveModel
+from videoadapt.modeling_pave import (
+    PaveForConditionalGeneration,
+    PaveLlavaNextVideoForConditionalGeneration,
+    PaveModel,
+)
 from videoadapt.modeling_reef import ReefForConditionalGeneration
 from videoadapt.processors.synthetic import random_spec, write_synthetic_video
 from videoadapt.recipes.evaluate import main as evaluate_main
@@ -128,8 +132,9 @@ def test_patch_card_parses_and_shows_both_ways_to_load(tmp_path):
     assert "- Recipe: `pave/avqa.yaml`\n- Datasets: `avqa`" in text and "| avqa | - | accuracy | 0.79 |" in text
     assert 'model = AutoModelForImageTextToText.from_pretrained("me/audio-patch")' in text
     assert (
-        f'AutoModelForImageTextToText.from_pretrained("{BASE_ID}")\nmodel.load_patch("me/audio-patch", name="audio")'
-        in text
+        "from videoadapt.modeling_pave import PaveForConditionalGeneration\n\n"
+        f'model = PaveForConditionalGeneration.from_pretrained("{BASE_ID}")\n'
+        'model.load_patch("me/audio-patch", name="audio")' in text
     )
     assert (
         "| `audio` | audio | 512-d, 1x1 per step | 2 x 512 wide, 4 heads | 1d | projected | 1,234,567 | 89 |" in text
@@ -139,6 +144,37 @@ def test_patch_card_parses_and_shows_both_ways_to_load(tmp_path):
     meta = front_matter(text)
     assert "base_model" not in meta and "base_model_relation" not in meta and str(tmp_path) not in text
     assert "a local `video LLM` checkpoint (`base`), not on the Hub" in text
+
+
+@pytest.mark.parametrize(
+    ("family", "cls"),
+    [
+        ("llava_onevision", PaveForConditionalGeneration),
+        ("llava_next_video", PaveLlavaNextVideoForConditionalGeneration),
+    ],
+)
+def test_the_patch_card_snippet_runs_both_ways(family, cls, tiny_checkpoints, tmp_path):
+    model = cls.from_pretrained(tiny_checkpoints[family])
+    model.add_patch("audio", model.patch_config_for("audio", 24, **SMALL_PATCH))
+    model.save_patch("audio", tmp_path / "audio")
+    code = (tmp_path / "audio" / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    code = code.replace("<this folder or repo>", str(tmp_path / "audio"))
+    scope = {}
+    exec(code.replace("<base model>", str(tiny_checkpoints[family])), scope)  # the base is loaded, then the patch
+    assert type(scope["model"]) is cls and scope["model"].patch_names == ["audio"]
+    one_line = code.split("# or onto a base")[0]
+    exec(one_line, scope)
+    assert type(scope["model"]) is cls and scope["model"].active_patches == ["audio"]
+
+
+def test_a_patch_card_carries_the_license_and_intended_use_of_its_model(tiny_checkpoints, tmp_path):
+    model = with_audio_patch(build("pave", tiny_checkpoints))
+    model.card_info = {"license": "cc-by-nc-4.0", "intended_use": "Non-commercial research on AVSD only."}
+    model.save_pretrained(tmp_path)
+    for card in (tmp_path / "README.md", tmp_path / "patches" / "audio" / "README.md"):
+        text = card.read_text()
+        assert front_matter(text)["license"] == "cc-by-nc-4.0" and "`cc-by-nc-4.0`" in text
+        assert "Non-commercial research on AVSD only." in text
 
 
 # --------------------------------------------------------------------------------------------- card_info
@@ -209,6 +245,9 @@ def test_recorded_facts_survive_resaves_and_card_info_replaces_them(tiny_checkpo
         ({"metrics": {"msvd_qa": {"accuracy": "high"}}}, ValueError, "card_info['metrics'] must map dataset names"),
         ({"metrics": [0.5]}, ValueError, "card_info['metrics'] must map dataset names"),
         ({"license": ""}, TypeError, "card_info['license'] must be a non-empty string"),
+        ({"license": "Apache 2.0"}, ValueError, "must be a Hub license id (lowercase, e.g. 'apache-2.0', 'mit',"),
+        ({"license": "Apache 2.0"}, ValueError, "repositories-licenses), got 'Apache 2.0'; try 'apache-2.0'."),
+        ({"license": "MIT"}, ValueError, "got 'MIT'; try 'mit'"),
         ({"base_model": 7}, TypeError, "card_info['base_model'] must be a non-empty string"),
     ],
 )
@@ -222,7 +261,8 @@ def test_flat_metrics_go_under_the_first_dataset_and_bad_card_info_fails_before_
     flat = check_card_info({"datasets": ["avqa", "x"], "metrics": {"accuracy": 1, "split": "val"}})
     assert flat["metrics"] == {"avqa": {"accuracy": 1.0, "split": "val"}}
     assert patch_card_info(REEF_INFO) == {"recipe": "reef/msvd_qa.yaml", "datasets": REEF_INFO["datasets"],
-                                          "metrics": REEF_INFO["metrics"]}  # fmt: skip
+                                          "metrics": REEF_INFO["metrics"], "license": "mit",
+                                          "intended_use": None}  # fmt: skip
     assert check_card_info({"datasets": ["avqa"], "metrics": {"accuracy": 1}}) == {
         "datasets": ["avqa"], "metrics": {"avqa": {"accuracy": 1.0}}}  # fmt: skip
     model = build("compact", tiny_checkpoints)
@@ -263,7 +303,7 @@ def test_push_to_hub_uploads_exactly_the_saved_folder_with_our_card(tiny_checkpo
     assert model.push_to_hub("me/pave-audio", tags=["audio-visual"], private=True) == "commit-info"
     assert hub_calls["create_repo"] == ("me/pave-audio", {"private": True, "token": None, "exist_ok": True})
     upload = {"commit_message": "Upload PaveForConditionalGeneration", "commit_description": None, "token": None,
-              "revision": None, "create_pr": False}  # fmt: skip
+              "revision": None, "create_pr": False, "allow_patterns": None}  # fmt: skip
     assert hub_calls["upload"] == ("me/pave-audio", upload)
     model.save_pretrained(tmp_path)
     saved, pushed = files(tmp_path), hub_calls["files"]

@@ -187,7 +187,8 @@ def test_import_matches_the_official_tensors_and_forward(release, tmp_path, tiny
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["target_modules"] == LORA_TARGET_MODULES and adapter["base_model_name_or_path"] == str(checkpoint)
     readme = (out / "README.md").read_text()
-    assert str(folder.resolve()) in readme and f"{PREFIX}cross_attn_layers.1.attn.v_linear.weight" in readme
+    assert f"release folder `{folder.name}`" in readme and str(folder.parent) not in readme  # a name, never a path
+    assert f"{PREFIX}cross_attn_layers.1.attn.v_linear.weight" in readme
 
     model = PaveForConditionalGeneration.from_pretrained(checkpoint).eval()
     model.load_patch(out, name="pave")
@@ -377,3 +378,42 @@ def test_cli(release, tmp_path, tiny):
     assert written["base_model_name_or_path"] == str(checkpoint)
     assert main([*args[:1], str(tmp_path / "bad"), *args[2:], "--num-layers", "3"]) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_patch_names_load_patch_refuses_are_refused_before_anything_is_written(release, tmp_path, tiny):
+    from transformers import AutoModelForImageTextToText
+
+    folder, _, _ = release
+    out = tmp_path / "avsd-0.5b"
+    with pytest.raises(ValueError, match=r"`patch_name` must match .*got 'avsd-0.5b' \(the name of `out_dir`\); pass "
+                       r"`patch_name` \(`--patch-name`\), e.g. 'avsd-0_5b'"):  # fmt: skip
+        run_import(folder, out, tiny)
+    with pytest.raises(ValueError, match=r"got '2 views'; .* e.g. 'patch_2_views'"):
+        run_import(folder, out, tiny, patch_name="2 views")
+    assert not out.exists()
+    run_import(folder, out, tiny, patch_name="avsd")
+    assert AutoModelForImageTextToText.from_pretrained(out).patch_names == ["avsd"]  # base + patch, one line
+
+
+def test_the_card_names_the_release_folder_not_its_path(release, tmp_path, tiny):
+    folder, _, _ = release
+    card = (run_import(folder, tmp_path / "avsd", tiny) / "README.md").read_text()
+    assert "from the release folder `official`" in card and str(tmp_path) not in card
+
+
+def test_cli_errors_name_the_command_and_the_argument(release, tmp_path, tiny, capsys):
+    from videoadapt.cli import main as cli_main
+
+    folder, _, _ = release
+    args = ["import-official-pave", str(folder), str(tmp_path / "out"), "--side-channel", "audio",
+            "--output-dim", str(tiny[1].text_config.hidden_size)]  # fmt: skip
+    assert cli_main([*args, "--side-channel-dim", "8"]) == 1  # the checkpoint's is 24
+    assert capsys.readouterr().err.startswith("videoadapt import-official-pave: error: `side_channel_dim`=8 but")
+    with pytest.raises(SystemExit) as info:
+        cli_main([*args, "--side-channel-dim", "x"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "usage: videoadapt import-official-pave" in err
+    assert "argument --side-channel-dim: must be an integer >= 1, got 'x'" in err
+    assert main([*args[1:], "--side-channel-dim", "8"]) == 1
+    assert capsys.readouterr().err.startswith("python -m videoadapt.pave_import: error: `side_channel_dim`=8")
+    assert not (tmp_path / "out").exists()
