@@ -405,12 +405,13 @@ class PavePatchesMixin:
         revision = kwargs.get("revision")
         model._base_commit = None if local else getattr(revision, "resolved", None) or _commit_or_none(revision)
         saved = getattr(model.config, "pave_patches", None) or {}
+        root = kwargs.get("subfolder") or ""  # the model's own subfolder holds its patches too
         for name in saved:
             model.load_patch(
                 pretrained_model_name_or_path,
                 name=name,
                 revision=revision,
-                subfolder=f"{PATCHES_SUBFOLDER}/{name}",
+                subfolder="/".join(part for part in (root.strip("/"), PATCHES_SUBFOLDER, name) if part),
                 enable=False,
                 **hub,
             )
@@ -419,13 +420,19 @@ class PavePatchesMixin:
 
 
 def _default_patch_name(path_or_repo: str | os.PathLike, folder: Path) -> str:
-    """A local folder's name; for a Hub repository, the name its `config.json` records (else the repo's name)."""
+    """A local folder's name; for a Hub repository, the name its `config.json` records (else the repo's name); made
+    module-safe (other characters become `_`, e.g. `avsd-0.5b` -> `avsd-0_5b`)."""
     if Path(path_or_repo).is_dir():
-        return folder.name
+        return _safe_name(folder.name)
     try:
         return PavePatchRepoConfig.from_pretrained(folder).patch_name
     except (OSError, ValueError):
-        return str(path_or_repo).rstrip("/").split("/")[-1].replace(".", "_")
+        return _safe_name(str(path_or_repo).rstrip("/").split("/")[-1])
+
+
+def _safe_name(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_\-]", "_", name)
+    return name if _NAME.match(name) else f"_{name}"
 
 
 def _commit_or_none(revision: str | None) -> str | None:

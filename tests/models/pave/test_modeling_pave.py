@@ -183,6 +183,20 @@ def test_full_model_round_trip_through_auto_class(setup, tmp_path):
     assert type(loaded) is type(model)
     assert loaded.patch_names == ["audio", "hfr"] and loaded.active_patches == ["hfr", "audio"]
     assert torch.equal(logits(loaded, inputs, sides), expected)
+    model.save_pretrained(tmp_path / "repo" / "model")  # a model in a subfolder keeps its patches beside it
+    nested = AutoModelForImageTextToText.from_pretrained(tmp_path / "repo", subfolder="model").eval()
+    assert nested.patch_names == ["audio", "hfr"] and torch.equal(logits(nested, inputs, sides), expected)
+
+
+def test_a_patch_folder_name_becomes_a_module_safe_patch_name(setup, tmp_path):
+    _, model, _, checkpoint = setup
+    model.add_patch("audio", model.patch_config_for("audio", 24, **SMALL))
+    folder = model.save_patch("audio", tmp_path / "avsd-0.5b")
+    fresh = type(model).from_pretrained(checkpoint)
+    fresh.load_patch(folder)
+    assert fresh.patch_names == ["avsd-0_5b"]
+    fresh.load_patch(model.save_patch("audio", tmp_path / "7up"))
+    assert fresh.patch_names == ["avsd-0_5b", "_7up"]
 
 
 def test_enabled_patches_add_their_residuals(setup):
