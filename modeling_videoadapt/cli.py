@@ -161,8 +161,7 @@ def _cmd_visualize_reef(args: argparse.Namespace) -> int:
             num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
         )  # fmt: skip
     except (ValueError, OSError) as error:
-        print(f"videoadapt visualize reef: error: {error}", file=sys.stderr)
-        return 1
+        return fail("visualize reef", error)
     print(f"saved {result.path}")
     if result.answer is not None:
         print(f"answer: {result.answer}")
@@ -184,8 +183,7 @@ def _cmd_visualize_dynfocus(args: argparse.Namespace) -> int:
             frame=args.frame, max_new_tokens=args.max_new_tokens, columns=args.columns,
         )  # fmt: skip
     except (ValueError, OSError) as error:
-        print(f"videoadapt visualize dynfocus: error: {error}", file=sys.stderr)
-        return 1
+        return fail("visualize dynfocus", error)
     print(f"saved {result.path}")
     key_frames = result.features.key_frames[0].tolist()
     print(f"key frames: {key_frames} of {result.features.event_assign.shape[1]}; panels: frame {result.frame}")
@@ -249,8 +247,7 @@ def _cmd_redundancy(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, progress=not args.no_progress,
         )  # fmt: skip
     except (ValueError, OSError) as error:
-        print(f"videoadapt redundancy: error: {error}", file=sys.stderr)
-        return 1
+        return fail("redundancy", error)
     summary = report.to_dict()
     if args.json_out:
         atomic_write(args.json_out, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))

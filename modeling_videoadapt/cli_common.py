@@ -52,7 +52,13 @@ def progress_logging() -> Iterator[None]:
 
 
 def fail(command: str, error: BaseException) -> int:
-    print(f"videoadapt {command}: error: {error}", file=sys.stderr)
+    """Report a refused `videoadapt <command>` on stderr as argparse does; the exit code 1."""
+    return report_error(f"videoadapt {command}", error)
+
+
+def report_error(prog: str, error: BaseException) -> int:
+    """`<prog>: error: <error>` on stderr; the exit code 1."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
     return 1
 
 

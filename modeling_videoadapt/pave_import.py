@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
-from videoadapt.cli_common import positive_int
+from videoadapt.cli_common import positive_int, report_error
 from videoadapt.configuration.configuration_pave import (
     PATCH_CONFIG_NAME,
     SIDE_CHANNELS,
@@ -358,8 +357,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m videoadapt.pa
     try:
         import_official_pave(args.pop("official_dir"), args.pop("out_dir"), **args)
     except (ValueError, OSError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(prog, exc)
     return 0
 
 
