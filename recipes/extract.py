@@ -77,6 +77,30 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+class _WeightsHash:
+    """`weights_sha256(module)`, computed again only when a parameter or buffer changed since the last call (another
+    tensor, or an in-place write such as `load_state_dict` or an optimizer step: its version counter moved), so an
+    encoder reused after its weights changed never reads the old weights' cache entry. No module: None."""
+
+    def __init__(self, module: torch.nn.Module | None):
+        self.module, self.state, self.digest = module, None, None
+
+    def _state(self) -> tuple | None:
+        try:
+            return tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+                         for name, t in (*self.module.named_parameters(), *self.module.named_buffers()))  # fmt: skip
+        except RuntimeError:  # inference tensors have no version counter: hash every time
+            return None
+
+    def __call__(self) -> str | None:
+        if self.module is None:
+            return None
+        state = self._state()
+        if state is None or state != self.state:
+            self.digest, self.state = weights_sha256(self.module), state
+        return self.digest
+
+
 def _check_count(name: str, value: Any, what: str, optional: bool = False) -> None:
     if not (optional and value is None) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"`{name}` must be an int >= 1{' or None' if optional else ''} ({what}), got {value!r}.")
@@ -128,12 +152,12 @@ class FrameFeatureEncoder:
         elif not isinstance(preprocessor, FramePreprocessor):
             preprocessor = FramePreprocessor.from_image_processor(preprocessor)
         self.model, self.preprocessor, self.sampler, self.batch_size = model.eval(), preprocessor, sampler, batch_size
-        self.feature_layer, self.grid, self.video_method, self._weights = feature_layer, grid, video_method, None
+        self.feature_layer, self.grid, self.video_method = feature_layer, grid, video_method
+        self._weights = _WeightsHash(model)
 
     def config_dict(self) -> dict[str, Any]:
-        self._weights = self._weights or weights_sha256(self.model)
         settings = {k: getattr(self, k) for k in ("feature_layer", "grid", "video_method")}
-        return {"encoder": type(self).__name__, "model": encoder_fingerprint(self.model), "weights": self._weights,
+        return {"encoder": type(self).__name__, "model": encoder_fingerprint(self.model), "weights": self._weights(),
                 "preprocessor": self.preprocessor.to_dict(), "sampler": repr(self.sampler), **settings}  # fmt: skip
 
     def to(self, device: str | torch.device) -> "FrameFeatureEncoder":
@@ -190,13 +214,12 @@ class SideChannelEncoder:
                 f"a {kind!r} extractor needs `media`: a function row -> keyword arguments, e.g. "
                 "`media=lambda row: {'view_paths': [row['side_channels']['view1']]}`."
             )
-        self.extractor, self.media, self._weights = extractor, media or _DEFAULT_MEDIA[kind], None
+        self.extractor, self.media = extractor, media or _DEFAULT_MEDIA[kind]
+        module = getattr(extractor, "encoder", None)
+        self._weights = _WeightsHash(module if isinstance(module, torch.nn.Module) else None)
 
     def config_dict(self) -> dict[str, Any]:
-        module = getattr(self.extractor, "encoder", None)
-        if self._weights is None and isinstance(module, torch.nn.Module):
-            self._weights = weights_sha256(module)
-        return {"encoder": type(self).__name__, "extractor": self.extractor.config_dict(), "weights": self._weights,
+        return {"encoder": type(self).__name__, "extractor": self.extractor.config_dict(), "weights": self._weights(),
                 "media": Hasher.hash(self.media)}  # fmt: skip
 
     def to(self, device: str | torch.device) -> "SideChannelEncoder":

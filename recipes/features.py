@@ -14,13 +14,20 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from videoadapt.processors.sampling import SegmentSampler
+from videoadapt.processors.sampling import TIME_TOLERANCE, SegmentSampler
 from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.video_io import load_video
-from videoadapt.recipes.extract import FrameFeatureEncoder, weights_sha256
+from videoadapt.recipes.extract import FrameFeatureEncoder, _WeightsHash
 
 
-__all__ = ["FEATURES_COLUMN", "FrameFeatures", "MethodFrameEncoder", "load_feature_rows", "side_channels_from_columns"]
+__all__ = [
+    "FEATURES_COLUMN",
+    "FrameFeatures",
+    "MethodFrameEncoder",
+    "load_feature_rows",
+    "side_channel_of_segment",
+    "side_channels_from_columns",
+]
 
 FEATURES_COLUMN = "frame_features"  # `extract_features`' default output column
 
@@ -56,10 +63,9 @@ class MethodFrameEncoder(FrameFeatureEncoder):
 
     def __init__(self, model: torch.nn.Module, *args: Any, fingerprint: torch.nn.Module, **kwargs: Any):
         super().__init__(model, *args, **kwargs)
-        self.fingerprint = fingerprint
+        self.fingerprint, self._weights = fingerprint, _WeightsHash(fingerprint)
 
     def config_dict(self) -> dict[str, Any]:
-        self._weights = self._weights or weights_sha256(self.fingerprint)
         return {**super().config_dict(), "segments": "row timestamps"}
 
     def __call__(self, value: str, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,8 +78,9 @@ class MethodFrameEncoder(FrameFeatureEncoder):
 
 
 def load_feature_rows(path: str | os.PathLike, split: str, column: str = FEATURES_COLUMN) -> Dataset:
-    """Rows saved by `videoadapt extract` (`save_to_disk`): the Dataset, or a DatasetDict's `split`, with `column`
-    read as numpy arrays (the other columns as saved)."""
+    """Rows saved by `videoadapt extract` (`save_to_disk`): a DatasetDict's `split`, or a Dataset's rows of `split`
+    (by their `split` column; all its rows when it has none), with `column` read as numpy arrays (the other columns
+    as saved). Rows of another split only are refused: training or scoring on them would pass silently."""
     if not Path(path).is_dir():
         raise ValueError(
             f"features must be a folder written by `videoadapt extract --output` (or `Dataset.save_to_disk`), got "
@@ -84,6 +91,17 @@ def load_feature_rows(path: str | os.PathLike, split: str, column: str = FEATURE
         if split not in rows:
             raise ValueError(f"{os.fspath(path)} holds the splits {sorted(rows)}, not {split!r}; extract that split.")
         rows = rows[split]
+    elif "split" in rows.column_names:  # one saved Dataset (`videoadapt extract --split ...`): its rows of `split`
+        splits = rows["split"]
+        present = sorted({name for name in splits if name is not None})
+        if split not in present:
+            raise ValueError(
+                f"the rows of {os.fspath(path)} are of the split(s) {present} (their `split` column), not {split!r}; "
+                f"extract the {split!r} rows (`videoadapt extract --split {split}`), or read a split they hold "
+                "(`split=` of `videoadapt eval`)."
+            )
+        if len(present) > 1:
+            rows = rows.select([i for i, name in enumerate(splits) if name == split])
     missing = [name for name in (column, f"{column}_length") if name not in rows.column_names]
     if missing:
         raise ValueError(
@@ -91,6 +109,26 @@ def load_feature_rows(path: str | os.PathLike, split: str, column: str = FEATURE
             "features (`videoadapt extract`, `extract_features`) or name their column with `features_column=`."
         )
     return rows.with_format("numpy", columns=[column], output_all_columns=True)
+
+
+def side_channel_of_segment(channel: SideChannelFeatures, row: Mapping[str, Any], name: str) -> SideChannelFeatures:
+    """The steps of a row's side channel inside its `timestamps` segment [start, end) (the channel as is for rows
+    without one), so that it spans the frames the collator decodes from that segment: PAVE aligns the side channel
+    to the frames by position along the clip, not by time, so a whole-video channel would be stretched over the
+    segment's frames."""
+    if not row.get("timestamps"):
+        return channel
+    start, end = (float(t) for t in row["timestamps"])
+    times = channel.timestamps
+    keep = (times >= start - TIME_TOLERANCE) & (times < end - TIME_TOLERANCE)
+    if not bool(keep.any()):
+        raise ValueError(
+            f"{_row_name(row)}: side channel {name!r} has no step in the row's segment `timestamps` = [{start}, {end}) "
+            f"s (its {len(times)} steps are at {[round(float(t), 3) for t in times[:8]]} s ...); extract it from the "
+            "row's video, or fix the row's `timestamps`."
+        )
+    positions = None if channel.positions is None else channel.positions[keep]
+    return SideChannelFeatures(channel.kind, channel.features[keep], times[keep], positions)
 
 
 def side_channels_from_columns(rows: Sequence[Mapping[str, Any]], column: str, kind: str, name: str) -> dict:
@@ -109,5 +147,5 @@ def side_channels_from_columns(rows: Sequence[Mapping[str, Any]], column: str, k
             kind, _float_tensor(row[column]), torch.as_tensor(np.asarray(row[f"{column}_timestamps"], np.float64)),
             None if positions is None else _float_tensor(positions),
         )  # fmt: skip
-        features.append({name: channel})
+        features.append({name: side_channel_of_segment(channel, row, name)})
     return {"side_channels": features}

@@ -13,7 +13,8 @@ is its folder's name unless `--method` says otherwise. `key=value` pairs (values
   its train / validation split. REEF, DynFocus, Compact: the frozen tower's `vision_features`, no video is decoded,
   and a stage that trains the tower is refused; PAVE: the side channel, instead of the `side_channels` files),
   `max_per_device_batch_size` (the global batch stays the recipe's: gradient accumulation makes up the rest), `resume`
-  (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path), `compressor` (Compact stage 1: the
+  (`true`: the last complete checkpoint in `output_dir`; or a checkpoint path; `resume_from_checkpoint` is the same
+  key), `compressor` (Compact stage 1: the
   compressor pre-training output, a folder holding compressor.safetensors or that file, loaded into the base; without
   it the compressor stays untrained, with a warning);
 - `config.<field>`: model config overrides (e.g. `config.num_selected_tokens=4`);
@@ -21,7 +22,9 @@ is its folder's name unless `--method` says otherwise. `key=value` pairs (values
 - any `TrainingArguments` field (`max_steps=3`, `bf16=false`, `activation_checkpointing=true`, `eval_strategy=steps`,
   `save_steps=100`, `report_to=tensorboard`, `learning_rate=1e-4`, ...), applied over the recipe's values.
 
-Checkpoints are written atomically (`VideoadaptTrainer`); the final model and processor go to `<output_dir>/model`,
+Checkpoints are written atomically (`VideoadaptTrainer`); a run without `resume` refuses an `output_dir` that already
+holds checkpoints (an earlier run's would mix with its own). The global batch is split over the processes and, in one
+process that sees several GPUs (DataParallel), over those GPUs. The final model and processor go to `<output_dir>/model`,
 whose model card (README.md) names the recipe (file, method, setting, stage) and the training data (the manifest and
 the dataset names of its rows, see `dataset_names`).
 """
@@ -38,6 +41,8 @@ from typing import Any
 import torch
 import yaml
 from transformers import TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from videoadapt.recipes.manifest import load_manifest
@@ -191,6 +196,44 @@ def _check_sources(options: RunOptions) -> None:
         raise ValueError("pass `train=<manifest.jsonl>` (or `features=<folder>`) and `output_dir=<folder>`.")
 
 
+def _resume_option(options: RunOptions, training: dict) -> bool | str:
+    """The checkpoint to resume from: `resume` (or `resume_from_checkpoint`, which `TrainingArguments` holds but
+    `Trainer` never reads), checked before anything loads: `true`, `false` or an existing checkpoint folder."""
+    resume, key = options.resume, "resume"
+    if "resume_from_checkpoint" in training:
+        other = training.pop("resume_from_checkpoint")
+        if resume not in (False, None) and other not in (False, None) and other != resume:
+            raise ValueError(f"pass one of `resume` and `resume_from_checkpoint`, got resume={resume!r} and "
+                             f"resume_from_checkpoint={other!r}.")  # fmt: skip
+        if resume in (False, None):
+            resume, key = other, "resume_from_checkpoint"
+    if resume is None or isinstance(resume, bool):
+        return bool(resume)
+    checkpoints = sorted(Path(options.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    if not isinstance(resume, str) or not (Path(resume) / TRAINER_STATE_NAME).is_file():
+        raise ValueError(
+            f"`{key}` must be true (the last checkpoint in `output_dir`), false, or a checkpoint folder holding "
+            f"{TRAINER_STATE_NAME}, got {resume!r}; the checkpoints in {options.output_dir!r} are "
+            f"{[os.fspath(c) for c in checkpoints] or 'none'}."
+        )
+    return resume
+
+
+def _check_fresh_output(output_dir: Path, resume: bool | str) -> None:
+    """A run that does not resume must not start in a folder holding an earlier run's checkpoints: they would mix
+    with its own, `save_total_limit` would rotate its new checkpoints out first (they have lower step numbers) and a
+    later `resume=true` would pick the earlier run's last checkpoint."""
+    if resume or not output_dir.is_dir():
+        return
+    earlier = sorted((p.name for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()),
+                     key=lambda name: (len(name), name))  # fmt: skip
+    if earlier:
+        raise ValueError(
+            f"`output_dir` {os.fspath(output_dir)!r} already holds the checkpoints {earlier} of an earlier run; pass "
+            "`resume=true` to continue that run, or another `output_dir` (or delete them) to start a new one."
+        )
+
+
 def _rows(options: RunOptions) -> tuple[Any, Any]:
     """(training rows, evaluation rows or None) of the manifests or the extracted-features folders."""
     if options.features is None:
@@ -201,6 +244,25 @@ def _rows(options: RunOptions) -> tuple[Any, Any]:
     if options.eval_features is not None:
         evaluation = load_feature_rows(options.eval_features, "validation", column)
     return load_feature_rows(options.features, "train", column), evaluation
+
+
+def _training_arguments(
+    spec: Any, recipe: Any, stage: str | None, output_dir: Path, max_per_device: int | None, overrides: dict
+) -> TrainingArguments:
+    """The stage's `TrainingArguments`, its global batch split over every device that takes a share of it: the
+    `WORLD_SIZE` processes and, in a single process that sees several GPUs, the `n_gpu` replicas that Trainer's
+    `DataParallel` feeds one per-device batch each (otherwise the global batch would be n_gpu times the recipe's)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+
+    def arguments(devices: int) -> TrainingArguments:
+        return spec.training_arguments(recipe, stage, os.fspath(output_dir), devices,
+                                       max_per_device_batch_size=max_per_device, **overrides)  # fmt: skip
+
+    args = arguments(world_size)
+    if args.n_gpu > 1:
+        logger.info(f"One process on {args.n_gpu} GPUs (DataParallel): the global batch is split over them too.")
+        args = arguments(world_size * args.n_gpu)
+    return args
 
 
 def train(
@@ -222,10 +284,13 @@ def train(
         recipe_file = f"{spec.name}/{name}.yaml"
     recipe = spec.load_recipe(name, options.variant) if spec.name == "dynfocus" else spec.load_recipe(name)
     _check_sources(options)
+    training = dict(training or {})
+    resume = _resume_option(options, training)
+    _check_fresh_output(Path(options.output_dir), resume)
     features = None if options.features is None else options.features_column
     output_dir = Path(options.output_dir)
     checkpoint = options.model or recipe.base_checkpoint
-    set_seed(int((training or {}).get("seed", recipe.seed)))  # new modules start the same in every process and run
+    set_seed(int(training.get("seed", recipe.seed)))  # new modules start the same in every process and run
     model, proc = spec.build(recipe, stage, checkpoint, config or {}, processor or {}, compressor=options.compressor)
     trained = spec.apply_freezing(recipe, model, stage)
     if features is not None and spec.frame_features is not None:
@@ -235,14 +300,10 @@ def train(
     model.card_info = _card_info(spec, recipe, recipe_file, stage, source, train_rows)
     logger.info(f"{spec.name} recipe {recipe.name!r}, stage {stage}: training {len(trained)} parameter tensors.")
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    overrides = _device_defaults(bool(getattr(recipe, "bf16", False)), dict(training or {}))
+    overrides = _device_defaults(bool(getattr(recipe, "bf16", False)), training)
     if eval_rows is not None:
         overrides.setdefault("eval_strategy", "epoch")
-    args = spec.training_arguments(
-        recipe, stage, os.fspath(output_dir), world_size,
-        max_per_device_batch_size=options.max_per_device_batch_size, **overrides,
-    )  # fmt: skip
+    args = _training_arguments(spec, recipe, stage, output_dir, options.max_per_device_batch_size, overrides)
     if args.should_save:
         _clean_staging(output_dir)
     trainer = VideoadaptTrainer(
@@ -253,7 +314,7 @@ def train(
         data_collator=spec.collator(recipe, proc, True, features),
         callbacks=spec.callbacks(recipe, stage),
     )
-    trainer.train(resume_from_checkpoint=options.resume or None)
+    trainer.train(resume_from_checkpoint=resume or None)
     final = _save_final(trainer, proc, output_dir)
     if trainer.args.should_save:
         spec.final_artifacts(recipe, model, output_dir)

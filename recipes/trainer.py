@@ -34,6 +34,11 @@ class VideoadaptTrainer(Trainer):
         PAVE keeps each patch and its LoRA in `patches/<name>/`, which that loader never reads. FSDP and DeepSpeed
         checkpoints (their own formats) keep the parent's loader.
         """
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)):  # not a Hub repo id
+            raise ValueError(
+                f"`resume_from_checkpoint` must be a checkpoint folder written by the Trainer (holding "
+                f"{TRAINER_STATE_NAME}), got {os.fspath(resume_from_checkpoint)!r}."
+            )
         model = self.model if model is None else model
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -30,6 +30,7 @@ from transformers.utils import logging
 from videoadapt.pave_hub import pave_class_for
 from videoadapt.processors.image_processing import FramePreprocessor
 from videoadapt.processors.sampling import FrameSampler, SegmentSampler
+from videoadapt.processors.side_channels import SideChannelFeatures
 from videoadapt.processors.video_io import load_video
 from videoadapt.recipes.features import (
     FEATURES_COLUMN,
@@ -38,6 +39,7 @@ from videoadapt.recipes.features import (
     _float_tensor,
     _row_name,
     load_feature_rows,
+    side_channel_of_segment,
     side_channels_from_columns,
 )
 from videoadapt.recipes.trainer import STAGING_PREFIX, VideoadaptTrainer
@@ -97,6 +99,11 @@ class SFTCollator:
         self.tokenizer, self.features = processor.tokenizer, features
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set `tokenizer.pad_token` before training.")
+        if train and self.tokenizer.eos_token_id is None:
+            raise ValueError(
+                "the tokenizer has no eos token; training appends it to every answer (so that `generate` learns to "
+                "stop): set `tokenizer.eos_token` before training."
+            )
         if features is not None and not callable(getattr(processor, "video_token_count", None)):
             raise ValueError(f"`features` needs a processor with `video_token_count`, got {type(processor).__name__}.")
 
@@ -110,8 +117,11 @@ class SFTCollator:
         frames, _ = load_video(path, SegmentSampler(self.processor.frame_sampler, float(start), float(end)))
         return frames
 
-    def _answer_ids(self, row: Mapping[str, Any]) -> list[int]:
-        ids = self.tokenizer(" " + row["answers"][0].strip(), add_special_tokens=False).input_ids
+    def _answer_ids(self, row: Mapping[str, Any], text: str) -> list[int]:
+        """answers[0] + EOS, as the answer reads after the prompt `text`: after a space (`Answer: red`), or right
+        after a chat template's newline (`<|im_start|>assistant\nred`, as the template renders earlier turns)."""
+        space = "" if text[-1:].isspace() else " "
+        ids = self.tokenizer(space + row["answers"][0].strip(), add_special_tokens=False).input_ids
         return ids + [self.tokenizer.eos_token_id]
 
     def _vision_features(self, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
@@ -173,7 +183,7 @@ class SFTCollator:
             prompts = [ids[mask.bool()].tolist() for ids, mask in pairs]
         pad = self.tokenizer.pad_token_id
         if self.train:
-            answers = [self._answer_ids(r) for r in rows]
+            answers = [self._answer_ids(r, text) for r, text in zip(rows, texts)]
             length = max(len(p) + len(a) for p, a in zip(prompts, answers))
             input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
             labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
@@ -411,6 +421,8 @@ class PaveMethod(Method):
                         "pre-extracted side-channel features (`SideChannelFeatures.save` files; see "
                         "videoadapt.recipes.extract)."
                     )
+                if row.get("timestamps"):  # the frames are the segment's: keep the side channel's steps in it
+                    path = side_channel_of_segment(SideChannelFeatures.load(path), row, name)
                 features.append({name: path})
             return {"side_channels": features}
 

@@ -189,6 +189,27 @@ def test_a_second_run_reads_the_cache_and_changes_invalidate_it(rows, tmp_path):
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 4
 
 
+def test_a_reused_encoder_sees_its_models_new_weights(rows, tmp_path):
+    """One encoder object, its tower changed in place between two runs (a fine-tuning step, `load_state_dict`): the
+    second run is a new cache entry with the new weights' features, not the first run's."""
+    tower = siglip()
+    encoder = FrameFeatureEncoder(tower, SQUARE32, sampler=2)
+    counter = CallCounter(tower)
+    first = extract_features(rows.select([0]), encoder, "video", tmp_path)
+    extract_features(rows.select([0]), encoder, "video", tmp_path)
+    assert counter.calls == 1  # unchanged weights: the cache
+    tower.load_state_dict({**tower.state_dict(), "post_layernorm.bias": tower.post_layernorm.bias.detach() + 0.5})
+    second = extract_features(rows.select([0]), encoder, "video", tmp_path)
+    fresh = extract_features(rows.select([0]), FrameFeatureEncoder(tower, SQUARE32, sampler=2), "video", tmp_path)
+    assert counter.calls == 2 and list(second["frame_features"]) == list(fresh["frame_features"])
+    assert list(second["frame_features"]) != list(first["frame_features"])
+    side = SideChannelEncoder(VideoSideChannel(siglip(), SQUARE32, fps=2.0))
+    before = side.config_dict()["weights"]
+    with torch.no_grad():
+        side.extractor.encoder.post_layernorm.weight.mul_(2.0)
+    assert side.config_dict()["weights"] != before
+
+
 def test_two_processes_give_identical_features(rows, tmp_path):
     tower = siglip()
     encoder = FrameFeatureEncoder(tower, SQUARE32, sampler=3)

@@ -107,6 +107,64 @@ def test_collator_masks_the_prompt_and_decodes_segments(manifest, tiny_checkpoin
     assert evaluation["attention_mask"][:, -1].eq(1).all()  # left-padded for generate
 
 
+QWEN_STYLE_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for block in message['content'] %}"
+    "{% if block['type'] == 'video' %}<video>{% else %}{{ block['text'] }}{% endif %}{% endfor %}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)  # LLaVA-OneVision's (Qwen2) layout: the answer starts right after "assistant\n"
+
+
+@pytest.mark.parametrize("template", ["tiny", "qwen"])
+def test_the_answer_reads_as_the_chat_template_renders_it(template, manifest, tiny_checkpoints):
+    """prompt + answer + EOS = the token ids of the conversation with the answer as the assistant's turn, rendered by
+    the chat template: a leading space only where the template leaves none (not after "assistant\\n")."""
+    family, recipe_name, _, _ = RUNS["pave"]
+    spec = METHODS["pave"]
+    recipe = spec.load_recipe(Path(recipe_name).name)
+    _, processor = spec.build(recipe, None, tiny_checkpoints[family], {"side_channel_dim": 8}, {"num_frames": 4})
+    if template == "qwen":
+        processor.tokenizer.chat_template = QWEN_STYLE_TEMPLATE
+    row = next(iter(load_manifest(manifest, split="train")))
+    batch = spec.collator(recipe, processor, True)([row])
+    length = int(batch["attention_mask"][0].sum())
+    prompt = spec.prompt(recipe, processor, row)
+    assert prompt.endswith("assistant\n" if template == "qwen" else "assistant:")
+    turns = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": recipe.format_prompt(row["question"])}]},
+             {"role": "assistant", "content": [{"type": "text", "text": row["answers"][0]}]}]  # fmt: skip
+    whole = processor.tokenizer.apply_chat_template(turns, tokenize=False)
+    expected = processor([whole], videos=[row["video"]])["input_ids"][0].tolist()
+    assert batch["input_ids"][0, :length].tolist() == expected[:length]
+    assert expected[length - 1] == processor.tokenizer.eos_token_id
+
+
+def test_pave_side_channels_are_cut_to_the_rows_segment(manifest, tiny_checkpoints):
+    """A row with `timestamps` gets its segment's frames and only the side-channel steps of that segment (PAVE aligns
+    the two by position along the clip), from a `side_channels` file and from extracted columns alike."""
+    from videoadapt.processors.side_channels import SideChannelFeatures
+    from videoadapt.recipes.features import side_channels_from_columns
+
+    family, recipe_name, _, _ = RUNS["pave"]
+    spec = METHODS["pave"]
+    recipe = spec.load_recipe(Path(recipe_name).name)
+    _, processor = spec.build(recipe, None, tiny_checkpoints[family], {"side_channel_dim": 8}, {"num_frames": 4})
+    rows = list(load_manifest(manifest, split="train"))
+    assert rows[1]["timestamps"] == [0.5, 1.5] and rows[0]["timestamps"] is None
+    channels = [SideChannelFeatures.load(row["side_channels"]["audio"]) for row in rows[:2]]
+    assert [c.timestamps.tolist() for c in channels] == [[0.5, 1.5], [0.5, 1.5]]
+    batch = spec.collator(recipe, processor, True)(rows[:2])["side_channels"]["avsd"]
+    assert batch["lengths"].tolist() == [2, 1]  # row 1: the step at 0.5 s only, of its segment [0.5, 1.5)
+    assert torch.equal(batch["features"][0], channels[0].features) and torch.equal(
+        batch["features"][1, :1], channels[1].features[:1]
+    )
+    columns = [{**row, "audio": c.features.numpy(), "audio_timestamps": c.timestamps.numpy()}
+               for row, c in zip(rows[:2], channels)]  # fmt: skip
+    extracted = side_channels_from_columns(columns, "audio", "audio", "avsd")["side_channels"]
+    assert [len(sample["avsd"].features) for sample in extracted] == [2, 1]
+    outside = {**columns[1], "timestamps": [1.6, 1.9]}
+    with pytest.raises(ValueError, match=r"side channel 'avsd' has no step in the row's segment .*\[1.6, 1.9\)"):
+        side_channels_from_columns([outside], "audio", "audio", "avsd")
+
+
 def test_a_checkpoint_that_fails_mid_write_never_appears(manifest, tiny_checkpoints, tmp_path, monkeypatch):
     from transformers import Trainer
 
@@ -144,6 +202,76 @@ def test_a_checkpoint_that_fails_mid_write_never_appears(manifest, tiny_checkpoi
     model_class = METHODS["compact"].model_class()
     resumed, expected = (model_class.from_pretrained(d / "model").state_dict() for d in (out, whole))
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)  # the resume restored the trained projector
+
+
+def test_resume_from_checkpoint_resumes_and_a_missing_checkpoint_is_named(manifest, tiny_checkpoints, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """`resume_from_checkpoint` (a TrainingArguments field that Trainer itself never reads) resumes like `resume`;
+    a `resume` that is no checkpoint folder fails before any model loads, naming the key, the value and the
+    checkpoints that exist (not as a Hub repo id)."""
+    from videoadapt.recipes.trainer import VideoadaptTrainer
+
+    family, recipe, _, extra = RUNS["compact"]
+    out = tmp_path / "run"
+    argv = ["--recipe", recipe, *extra, *FAST, f"model={tiny_checkpoints[family]}", f"train={manifest}",
+            f"output_dir={out}"]  # fmt: skip
+    main([*argv, "max_steps=1"])
+    loaded = []
+    original = VideoadaptTrainer._load_from_checkpoint
+    monkeypatch.setattr(VideoadaptTrainer, "_load_from_checkpoint",
+                        lambda self, path, model=None: loaded.append(path) or original(self, path, model))  # fmt: skip
+    main([*argv, "resume_from_checkpoint=true"])
+    assert loaded == [os.fspath(out / "checkpoint-1")]
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    for item, key in (("resume=runs/x/checkpoint-9", "resume"), ("resume=3", "resume"),
+                      (f"resume_from_checkpoint={out}", "resume_from_checkpoint")):  # fmt: skip
+        message = (
+            rf"`{key}` must be true .* a checkpoint folder holding trainer_state.json, got .*; the checkpoints in"
+        )
+        with pytest.raises(ValueError, match=message) as error:
+            main([*argv, item])
+        assert "checkpoint-2" in str(error.value)
+    with pytest.raises(ValueError, match="pass one of `resume` and `resume_from_checkpoint`"):
+        main([*argv, "resume=true", f"resume_from_checkpoint={out / 'checkpoint-1'}"])
+    with pytest.raises(ValueError, match=r"`resume_from_checkpoint` must be a checkpoint folder .* got '/nowhere'"):
+        VideoadaptTrainer._load_from_checkpoint(None, "/nowhere", model=torch.nn.Linear(1, 1))
+
+
+def test_a_new_run_refuses_a_folder_with_an_earlier_runs_checkpoints(manifest, tmp_path):
+    """Without `resume`, checkpoints already in `output_dir` would mix with the new run's (and `save_total_limit`
+    would rotate the new, lower-numbered ones out): refused before anything loads."""
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / f"{STAGING_PREFIX}checkpoint-11").mkdir()
+    options = RunOptions(train=os.fspath(manifest), output_dir=os.fspath(tmp_path), model="/not/loaded")
+    message = (
+        r"already holds the checkpoints \['checkpoint-5', 'checkpoint-10'\] of an earlier run; pass `resume=true`"
+    )
+    with pytest.raises(ValueError, match=message):
+        train("compact/stage1", options)
+    (tmp_path / "checkpoint-10").rmdir()
+    (tmp_path / "checkpoint-5").rmdir()
+    with pytest.raises(OSError):  # no checkpoint left (a staging folder is none): the run starts, at the model
+        train("compact/stage1", options)
+
+
+@pytest.mark.parametrize("n_gpu", [0, 1, 2, 4])
+def test_the_global_batch_is_the_recipes_with_one_process_on_several_gpus(n_gpu, tmp_path, monkeypatch):
+    """`python -m videoadapt.recipes.train` on a machine with several GPUs (no launcher): Trainer's DataParallel
+    feeds each GPU a per-device batch, so the per-device batch is the recipe's global batch / (world size * n_gpu)."""
+    from transformers import TrainingArguments
+
+    from videoadapt.recipes.train import _training_arguments
+
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: n_gpu))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    spec = METHODS["compact"]
+    recipe = spec.load_recipe("stage1")
+    for max_per_device in (None, 2):
+        args = _training_arguments(spec, recipe, None, tmp_path, max_per_device, {"use_cpu": True})
+        assert args.train_batch_size * args.gradient_accumulation_steps == recipe.batch_size
+        assert max_per_device is None or args.per_device_train_batch_size <= max_per_device
 
 
 def test_overrides_are_sorted_into_their_kinds():

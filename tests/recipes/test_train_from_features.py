@@ -332,6 +332,27 @@ def test_features_need_their_column(manifest, tiny_checkpoints, tmp_path):
         SFTCollator(proc, lambda row: row["question"], features="frame_features")(mixed)
 
 
+def test_a_saved_dataset_gives_only_its_rows_of_the_split(tmp_path):
+    """`videoadapt extract --split train` saves one Dataset: read as the test split (`videoadapt eval`'s default) it
+    must not score the training rows as test rows; a Dataset of several splits gives the asked split's rows."""
+    import datasets
+
+    def row(i: int, split: str) -> dict:
+        return {"id": f"toy/{split}/{i}", "split": split, "frame_features": [[float(i)]], "frame_features_length": 1}
+
+    datasets.Dataset.from_list([row(i, "train") for i in range(3)]).save_to_disk(str(tmp_path / "train_only"))
+    assert list(load_feature_rows(tmp_path / "train_only", "train")["id"]) == [f"toy/train/{i}" for i in range(3)]
+    with pytest.raises(ValueError, match=r"are of the split\(s\) \['train'\] .*, not 'test'; extract the 'test' rows"):
+        load_feature_rows(tmp_path / "train_only", "test")
+    mixed = [row(0, "train"), row(1, "test"), row(2, "train"), row(3, "test")]
+    datasets.Dataset.from_list(mixed).save_to_disk(str(tmp_path / "mixed"))
+    rows = load_feature_rows(tmp_path / "mixed", "test")
+    assert list(rows["id"]) == ["toy/test/1", "toy/test/3"] and rows[1]["frame_features"].tolist() == [[3.0]]
+    unsplit = [{k: v for k, v in row(i, "train").items() if k != "split"} for i in range(2)]
+    datasets.Dataset.from_list(unsplit).save_to_disk(str(tmp_path / "unsplit"))
+    assert len(load_feature_rows(tmp_path / "unsplit", "test")) == 2  # no `split` column: every row
+
+
 def test_features_mode_refuses_a_stage_that_trains_the_tower(runs, tiny_checkpoints, tmp_path):
     from videoadapt.recipes import reef_recipes
 
