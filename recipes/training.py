@@ -284,11 +284,19 @@ class Method:
     ) -> tuple[Any, Any]:
         """(model, processor) from `checkpoint` with the recipe's config/processor settings and the overrides.
         `compressor`: Compact's pre-trained compressor (`CompactMethod`); other methods refuse it."""
-        self._check_no_compressor(compressor)
         checkpoint = Path(checkpoint)
-        model = self.model_class().from_pretrained(checkpoint, **{**self.config_overrides(recipe, stage), **config})
+        model = self._load_model(
+            recipe, stage, checkpoint, {**self.config_overrides(recipe, stage), **config}, compressor
+        )
         kwargs = {**self.processor_kwargs(recipe, stage), **processor}
         return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, self.qformer)
+
+    def _load_model(
+        self, recipe: Any, stage: str | None, checkpoint: Path, overrides: dict, compressor: str | os.PathLike | None
+    ) -> Any:
+        """The model from `checkpoint` with the config `overrides`."""
+        self._check_no_compressor(compressor)
+        return self.model_class().from_pretrained(checkpoint, **overrides)
 
     def _check_no_compressor(self, compressor: str | os.PathLike | None) -> None:
         if compressor is not None:
@@ -454,23 +462,12 @@ class CompactMethod(Method):
     """Compact: a stage that starts from a base (the recipe's `compressor_from`) gets the compressor pre-training
     output (`compressor=`); a compressor that stays untrained (the checkpoint has none) is logged as a warning."""
 
-    def build(
-        self,
-        recipe: Any,
-        stage: str | None,
-        checkpoint: str | os.PathLike,
-        config: dict,
-        processor: dict,
-        compressor: str | os.PathLike | None = None,
-    ) -> tuple[Any, Any]:
+    def _load_model(self, recipe, stage, checkpoint, overrides, compressor):
         pretrained = recipe.read_pretrained_compressor(compressor)  # before the model loads: a bad path fails fast
-        checkpoint = Path(checkpoint)
-        overrides = {**self.config_overrides(recipe, stage), **config}
         model, info = self.model_class().from_pretrained(checkpoint, output_loading_info=True, **overrides)
         fresh = any(key.startswith("model.compressor.") for key in info["missing_keys"])
         recipe.load_pretrained_compressor(model, pretrained, compressor, fresh, where=os.fspath(checkpoint))
-        kwargs = {**self.processor_kwargs(recipe, stage), **processor}
-        return model, _load_or_build_processor(self.processor_class(), model, checkpoint, kwargs, self.qformer)
+        return model
 
 
 def _pave_recipe(name: str) -> Any:
